@@ -1,0 +1,7 @@
+"""``python -m steplab`` runs the CLI."""
+
+import sys
+
+from steplab.cli import main
+
+sys.exit(main())
