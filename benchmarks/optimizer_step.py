@@ -1,0 +1,143 @@
+"""Optimizer step time: steplab's choice vs torch's default and torch's fastest flags.
+
+About 8M float32 parameters in 20 tensors on the CPU, gradients fixed. For each
+rule, every variant runs a few steps per repeat; repeats are interleaved (the
+variants' order shuffles every repeat) and we report medians, so background
+load hits all variants alike. Ratios are against the fastest torch variant
+measured in the same run. Run::
+
+    .venv/bin/python benchmarks/optimizer_step.py            # full (~2 min)
+    .venv/bin/python benchmarks/optimizer_step.py --quick    # short check
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from steplab.optim import FASTEST_IMPLEMENTATION, OPTIMIZERS, create_optimizer
+
+Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+NAMES = [name for name in OPTIMIZERS if name != "lookahead"]
+
+
+def _params(numel: int, tensors: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    side = int((numel / tensors) ** 0.5)
+    params = []
+    for _ in range(tensors):
+        p = torch.nn.Parameter(torch.randn(side, side, generator=gen))
+        p.grad = torch.randn(side, side, generator=gen) * 1e-2
+        params.append(p)
+    return params
+
+
+def _torch_variants(name: str) -> dict[str, Factory]:
+    """torch.optim as a user builds it by default, and with each implementation flag."""
+    info = OPTIMIZERS[name]
+    cls = getattr(torch.optim, info.torch_class.rsplit(".", 1)[1])
+    hyper = dict(info.defaults)
+    flags: dict[str, dict[str, bool]] = {"default": {}, "for-loop": {"foreach": False},
+                                          "foreach": {"foreach": True}}
+    if "fused" in cls.__init__.__code__.co_varnames:
+        flags["fused"] = {"fused": True}
+    return {label: (lambda ps, f=f: cls(ps, **hyper, **f)) for label, f in flags.items()}
+
+
+def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, float]:
+    """Median milliseconds per step of each variant, interleaved repeats."""
+    built = {}
+    for i, (label, factory) in enumerate(variants.items()):
+        opt = factory(_params(args.numel, args.tensors, seed=i))
+        for _ in range(5):  # lazy state initialisation and warm-up are not timed
+            opt.step()
+        built[label] = opt
+    samples: dict[str, list[float]] = {label: [] for label in built}
+    order = list(built)
+    for _ in range(args.repeats):
+        random.shuffle(order)
+        for label in order:
+            opt = built[label]
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                opt.step()
+            samples[label].append((time.perf_counter() - start) * 1e3 / args.steps)
+    return {label: statistics.median(s) for label, s in samples.items()}
+
+
+def bench_rules(args: argparse.Namespace, console: Console) -> None:
+    table = Table(title=f"optimizer step, {args.numel / 1e6:.0f}M float32 params in "
+                        f"{args.tensors} tensors, ms/step (median of {args.repeats})")
+    for col in ("rule", "steplab picks", "steplab", "torch default", "torch fastest (flag)",
+                "steplab / fastest", "target"):
+        table.add_column(col, justify="right")
+    for name in args.names:
+        variants = _torch_variants(name)
+        variants["steplab"] = lambda ps, n=name: create_optimizer(n, ps)
+        ms = _time_variants(variants, args)
+        torch_ms = {k: v for k, v in ms.items() if k != "steplab"}
+        fastest = min(torch_ms, key=lambda k: torch_ms[k])
+        ratio = ms["steplab"] / torch_ms[fastest]
+        table.add_row(name, FASTEST_IMPLEMENTATION[name], f"{ms['steplab']:.1f}",
+                      f"{ms['default']:.1f}", f"{torch_ms[fastest]:.1f} ({fastest})",
+                      f"{ratio:.2f}x", "<= 1.05x")
+    console.print(table)
+
+
+def bench_lookahead(args: argparse.Namespace, console: Console) -> None:
+    variants: dict[str, Factory] = {
+        "fused AdamW": lambda ps: torch.optim.AdamW(ps, fused=True),
+        "steplab lookahead(adamw, k=5)": lambda ps: create_optimizer("lookahead(adamw, k=5)", ps),
+    }
+    if importlib.util.find_spec("pytorch_optimizer") is not None:
+        from pytorch_optimizer import Lookahead as KozistrLookahead
+
+        variants["pytorch_optimizer Lookahead(AdamW fused, k=5)"] = lambda ps: KozistrLookahead(
+            torch.optim.AdamW(ps, fused=True), k=5, alpha=0.5
+        )
+    args.steps = 5  # one whole Lookahead cycle per sample
+    args.repeats = max(5, args.repeats // 2)
+    ms = _time_variants(variants, args)
+    base = ms["fused AdamW"]
+    table = Table(title="Lookahead overhead, ms/step averaged over whole k=5 cycles")
+    for col in ("optimizer", "ms/step", "vs fused AdamW", "target"):
+        table.add_column(col, justify="right")
+    for label, value in ms.items():
+        target = "<= 1.15x" if label.startswith("steplab") else ""
+        table.add_row(label, f"{value:.1f}", f"{value / base:.2f}x", target)
+    console.print(table)
+    if len(variants) == 2:
+        console.print("pytorch_optimizer is not installed: its Lookahead was not measured.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2M params, 11 repeats (default: off)")
+    parser.add_argument("--numel", type=int, default=8_000_000, help="total parameters")
+    parser.add_argument("--tensors", type=int, default=20, help="number of tensors")
+    parser.add_argument("--repeats", type=int, default=41, help="interleaved repeats")
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed repeat")
+    parser.add_argument("--names", nargs="*", default=NAMES, help="rules to time")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: steadier timings on a shared machine)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.numel, args.repeats = 2_000_000, 11
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    bench_rules(args, console)
+    bench_lookahead(args, console)
+
+
+if __name__ == "__main__":
+    main()

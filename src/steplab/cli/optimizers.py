@@ -1,0 +1,88 @@
+"""``steplab optimizers``: every optimizer steplab builds by name, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from steplab.optim import OPTIMIZERS
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_format(v) for v in value) + ")"
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+def _space(space: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{k} {lo:g}..{hi:g} {scale} (>= {n} trials)" for k, (lo, hi, scale, n) in space.items()
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the registry: a rich table for people, ``--json`` for scripts."""
+    infos = [info.to_dict() for info in OPTIMIZERS.values()]
+    if args.json:
+        print(json.dumps(infos, indent=2, ensure_ascii=False))
+        return 0
+    table = Table(title="steplab optimizers (bytes per parameter: float32 state)", show_lines=True)
+    for column in (
+        "name",
+        "update rule",
+        "hyperparameters (defaults)",
+        "state per parameter",
+        "bytes",
+        "default search space",
+    ):
+        table.add_column(column, overflow="fold")
+    for info in infos:
+        hyper = ", ".join(f"{k}={_format(v)}" for k, v in info["defaults"].items())
+        table.add_row(
+            info["name"],
+            info["rule"],
+            hyper,
+            ", ".join(info["buffers"]) or "-",
+            str(info["bytes_per_param"]),
+            _space(info["search_space"]),
+        )
+    console = Console(width=args.width)
+    console.print(table)
+    console.print(
+        "Every name also takes fused=/foreach=/maximize= (except lookahead). "
+        "Search ranges: tune lr always, then the others once a study has that many "
+        "trials (Deep Learning Tuning Playbook)."
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``steplab optimizers`` to the CLI."""
+    parser = subparsers.add_parser(
+        "optimizers",
+        help="list every optimizer: update rule, defaults, state and its size",
+        description="List every optimizer steplab builds by name: its update rule, "
+        "hyperparameters with defaults, per-parameter state buffers, bytes of state "
+        "per parameter (float32) and the default search space.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: table)"
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="table width in characters (default: the terminal's)",
+    )
+    parser.set_defaults(func=run)

@@ -1,0 +1,147 @@
+"""Build optimizers by name: ``create_optimizer("lookahead(adamw(lr=3e-4), k=5)", model)``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.optim import optimizer as torch_optimizer
+
+from steplab.errors import SpecError
+from steplab.optim.lookahead import Lookahead
+from steplab.optim.param_groups import NoDecayRule, is_no_decay, named_param_groups
+from steplab.optim.registry import OPTIMIZERS
+from steplab.optim.spec import OptimizerSpec, SpecValue, parse_spec
+
+__all__ = ["FASTEST_IMPLEMENTATION", "create_optimizer", "inner_optimizer"]
+
+#: the implementation create_optimizer picks per name when the device/dtype allow it
+#: (measured on CPU by benchmarks/optimizer_step.py; torch has no fused RMSprop/NAdam)
+FASTEST_IMPLEMENTATION: dict[str, str] = {
+    "gd": "fused",
+    "sgd": "fused",
+    "momentum": "fused",
+    "nesterov": "fused",
+    "adagrad": "fused",
+    "rmsprop": "foreach",
+    "adam": "fused",
+    "adamw": "fused",
+    "amsgrad": "fused",
+    "nadam": "foreach",
+}
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+Params = nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that takes gradient steps: ``opt.optimizer`` for a Lookahead, else ``opt``.
+
+    >>> w = torch.zeros(2, requires_grad=True)
+    >>> type(inner_optimizer(create_optimizer("lookahead(sgd)", [w]))).__name__
+    'SGD'
+    """
+    return optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
+
+
+def _groups(params: Params, no_decay: NoDecayRule | None) -> list[dict[str, Any]]:
+    if isinstance(params, nn.Module):
+        groups = named_param_groups(params, no_decay)
+    elif isinstance(params, Tensor):
+        raise SpecError("params: got a single Tensor, expected a module or an iterable of tensors")
+    else:
+        items = list(params)
+        if items and isinstance(items[0], dict):
+            groups = [dict(cast(dict[str, Any], g)) for g in items]
+        else:
+            groups = [{"params": items}]
+    if not groups or not any(list(g["params"]) for g in groups):
+        raise SpecError("params: got no trainable parameters, expected at least one tensor")
+    return groups
+
+
+def _fused_ok(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]) -> bool:
+    if cls not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad):
+        return False
+    devices = torch_optimizer._get_fused_kernels_supported_devices()  # type: ignore[attr-defined]
+    return all(
+        p.device.type in devices and p.dtype in _FUSED_DTYPES and not p.is_sparse
+        for g in groups
+        for p in g["params"]
+    )
+
+
+def _torch_kwargs(
+    spec: OptimizerSpec, cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]
+) -> dict[str, Any]:
+    info = OPTIMIZERS[spec.name]
+    kwargs: dict[str, Any] = {**info.defaults, **spec.kwargs}
+    beta1, beta2 = kwargs.pop("beta1", None), kwargs.pop("beta2", None)
+    if beta1 is not None or beta2 is not None:
+        old = tuple(kwargs["betas"])
+        kwargs["betas"] = (old[0] if beta1 is None else beta1, old[1] if beta2 is None else beta2)
+    if "fused" not in kwargs and "foreach" not in kwargs:
+        impl = FASTEST_IMPLEMENTATION[spec.name]
+        kwargs["fused" if impl == "fused" and _fused_ok(cls, groups) else "foreach"] = True
+    return kwargs
+
+
+def create_optimizer(
+    spec: str | OptimizerSpec,
+    params: Params,
+    *,
+    no_decay: NoDecayRule | None = is_no_decay,
+    **overrides: SpecValue,
+) -> torch.optim.Optimizer:
+    """Build an optimizer from a spec, on the fastest implementation torch has.
+
+    Picks ``fused=True`` where torch has a fused kernel for the parameters'
+    device and dtype (SGD family, Adagrad, Adam, AdamW on CPU and GPU), else
+    ``foreach=True``, unless the spec sets ``fused=`` or ``foreach=``.
+    When ``params`` is a module, parameters with ``ndim <= 1`` (biases, norm
+    weights) go to a group with ``weight_decay=0.0`` and every group carries
+    ``"param_names"``. The result has ``steplab_spec`` (the spec, overrides
+    applied).
+
+    Args:
+        spec: a spec string or :class:`OptimizerSpec` (see :func:`parse_spec`).
+        params: a module, an iterable of tensors or of torch param-group dicts.
+        no_decay: for a module, ``(name, param) -> bool`` choosing the no-decay
+            parameters; None puts every parameter in one decayed group.
+        **overrides: hyperparameters merged into the innermost optimizer's kwargs.
+
+    Returns:
+        A ``torch.optim.Optimizer`` (a :class:`Lookahead` for ``lookahead(...)``).
+
+    Raises:
+        SpecError: a bad spec, override or hyperparameter value, or no parameters.
+
+    Example:
+        >>> model = nn.Linear(4, 2)
+        >>> opt = create_optimizer("adamw(lr=3e-4)", model, weight_decay=0.1)
+        >>> type(opt).__name__, opt.defaults["fused"], [g["weight_decay"] for g in opt.param_groups]
+        ('AdamW', True, [0.1, 0.0])
+        >>> str(opt.steplab_spec)
+        'adamw(lr=0.0003, weight_decay=0.1)'
+    """
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    if overrides:
+        parsed = parsed.with_overrides(**overrides)
+    if parsed.name == "lookahead":
+        assert parsed.inner is not None
+        inner = create_optimizer(parsed.inner, params, no_decay=no_decay)
+        opt: torch.optim.Optimizer = Lookahead(inner, **cast(dict[str, Any], parsed.kwargs))
+    else:
+        info = OPTIMIZERS[parsed.name]
+        module_name, _, class_name = info.torch_class.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        groups = _groups(params, no_decay)
+        kwargs = _torch_kwargs(parsed, cls, groups)
+        try:
+            opt = cls(groups, **kwargs)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise SpecError(f"optimizer spec '{parsed}': {exc}") from exc
+    opt.steplab_spec = parsed  # type: ignore[attr-defined]
+    return opt

@@ -1,0 +1,153 @@
+"""The checkpoint manifest: what a checkpoint directory holds, and its checks.
+
+A checkpoint is a directory with two files:
+
+- ``tensors.safetensors``: every tensor, keyed ``model/<name>``,
+  ``optim/<name>/<buffer>``, ``lookahead/<name>/<buffer>``,
+  ``scheduler/...``, ``scaler/...``;
+- ``manifest.json``, written last: ``format``, ``step``, ``torch_version``,
+  ``tensors`` (``{key: {"dtype", "shape", "sha256"}}`` in file order),
+  ``model`` (``{"class", "keys"}``), ``optimizer`` (the named state dict with
+  tensors replaced by references), ``scheduler``, ``scaler``, ``rng``,
+  ``extra`` and ``manifest_sha256``, a SHA-256 of the canonical JSON of all
+  the other fields, so that an edited manifest is refused.
+
+:func:`open_checkpoint` reads nothing but JSON and the safetensors header:
+any file that is not such a directory (a pickle, a ``torch.save`` zip) is
+refused without being opened for unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steplab.errors import CheckpointError
+from steplab.state.tensorfile import DTYPE_NAMES, Header, read_header
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "TENSORS",
+    "OpenCheckpoint",
+    "manifest_digest",
+    "open_checkpoint",
+]
+
+#: format tag written into every manifest
+FORMAT = "steplab.checkpoint/1"
+MANIFEST = "manifest.json"
+TENSORS = "tensors.safetensors"
+_MAX_MANIFEST = 256 * 1024 * 1024
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "step": int, "tensors": dict, "model": dict, "extra": dict,
+}
+
+
+@dataclass(frozen=True)
+class OpenCheckpoint:
+    """A checkpoint directory whose manifest and safetensors header passed every check."""
+
+    path: Path
+    manifest: dict[str, Any]
+    header: Header
+
+    @property
+    def tensors_path(self) -> Path:
+        """The ``tensors.safetensors`` file."""
+        return self.path / TENSORS
+
+    @property
+    def expected_sha256(self) -> dict[str, str]:
+        """Content hash of each tensor, by key."""
+        return {k: v["sha256"] for k, v in self.manifest["tensors"].items()}
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``manifest`` without ``manifest_sha256``."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _describe_file(path: Path) -> str:
+    with open(path, "rb") as f:  # a sniff of the first bytes, never an unpickle
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        return "a pickle file"
+    if head == b"PK\x03\x04":
+        return "a zip archive (the torch.save format, which holds pickles)"
+    return "a file"
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise CheckpointError(
+            f"path: {path} has no {MANIFEST}; expected a complete steplab checkpoint directory"
+        )
+    if file.stat().st_size > _MAX_MANIFEST:
+        raise CheckpointError(f"{MANIFEST}: larger than {_MAX_MANIFEST} bytes")
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{MANIFEST}: not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{MANIFEST}: got {type(manifest).__name__}, expected an object")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{MANIFEST} format: got {manifest.get('format')!r}, expected {FORMAT!r}"
+        )
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise CheckpointError(f"{MANIFEST}: content hash mismatch (edited or corrupt)")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise CheckpointError(f"{MANIFEST} {key}: got {manifest.get(key)!r}, expected {kind}")
+    return manifest
+
+
+def _check_header_matches(manifest: dict[str, Any], header: Header) -> None:
+    listed: dict[str, Any] = manifest["tensors"]
+    stored = {e.key: e for e in header.entries}
+    if set(listed) != set(stored):
+        diff = sorted(set(listed) ^ set(stored))[:3]
+        raise CheckpointError(f"{TENSORS}: tensors {diff} disagree with {MANIFEST}")
+    for key, info in listed.items():
+        entry = stored[key]
+        if not isinstance(info, dict) or info.get("dtype") != DTYPE_NAMES[entry.dtype] or (
+            info.get("shape") != list(entry.shape)
+        ) or not isinstance(info.get("sha256"), str):
+            raise CheckpointError(f"{TENSORS}: tensor {key!r} disagrees with {MANIFEST}")
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> OpenCheckpoint:
+    """Open a checkpoint directory and check its manifest and safetensors header.
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        An :class:`OpenCheckpoint` (no tensor data has been read).
+
+    Raises:
+        CheckpointError: if ``path`` is missing, a file (a pickle or
+            ``torch.save`` file included: refused unread), lacks a valid
+            manifest, has the wrong format version, an edited manifest, or a
+            safetensors header that disagrees with the manifest or the file size.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"path: {p} does not exist; expected a checkpoint directory")
+    if not p.is_dir():
+        raise CheckpointError(
+            f"path: {p} is {_describe_file(p)}, not a steplab checkpoint directory; "
+            "steplab never unpickles checkpoints"
+        )
+    manifest = _read_manifest(p)
+    header = read_header(p / TENSORS)
+    _check_header_matches(manifest, header)
+    return OpenCheckpoint(p, manifest, header)

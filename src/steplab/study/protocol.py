@@ -1,0 +1,178 @@
+"""The comparison protocol: which runs a study makes and how the best setting is chosen.
+
+Each optimizer on each task is its own study (the Tuning Playbook's advice):
+``budget`` search runs at seed 0 (the same count for every optimizer), the
+best chosen on the **validation** split (never test), then the best setting
+re-run at seeds ``1 .. seeds-1`` (the search's seed-0 run is the first seed;
+it is the very same run, found by its content address). The 2-D test
+functions get their own lr grid, shared by every optimizer, and the best run
+of each optimizer is drawn.
+
+>>> selection_metric("test_accuracy")
+'val_accuracy'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from steplab.study.search_grid import edge_warning, log_grid, lr_center, search_points
+from steplab.study.spec import StudySpec
+
+__all__ = [
+    "TRAJECTORY_LR_RANGE",
+    "Group",
+    "check_names",
+    "search_configs",
+    "seed_configs",
+    "select_best",
+    "selection_metric",
+]
+
+#: the lr grid every optimizer gets on the 2-D test functions (log-spaced)
+TRAJECTORY_LR_RANGE = (1e-4, 1.0)
+#: lr trials per optimizer on each 2-D test function
+TRAJECTORY_TRIALS = 5
+
+
+@dataclass(frozen=True)
+class Group:
+    """One optimizer on one task: a search, then seeds (``kind="main"``) or a drawn path.
+
+    Attributes:
+        task: task name.
+        optimizer: optimizer spec string as the study spec gives it.
+        kind: ``"main"`` (searched, seeded, tabulated) or ``"trajectory"`` (2-D path).
+    """
+
+    task: str
+    optimizer: str
+    kind: str = "main"
+
+    @property
+    def key(self) -> str:
+        """A stable text key (``kind/task/optimizer``)."""
+        return f"{self.kind}/{self.task}/{self.optimizer}"
+
+
+def selection_metric(target_metric: str) -> str:
+    """The validation metric the search selects on, from a task's target metric."""
+    for prefix in ("test_", "val_"):
+        if target_metric.startswith(prefix):
+            return "val_" + target_metric[len(prefix) :]
+    return "val_" + target_metric
+
+
+def check_names(spec: StudySpec) -> None:
+    """Check every optimizer and task name of ``spec`` before any run starts.
+
+    Raises:
+        SpecError: an unknown optimizer or task (the lower layers' message with a hint).
+    """
+    from steplab.optim import parse_spec
+    from steplab.tasks import get_task
+
+    for optimizer in spec.optimizers:
+        parse_spec(optimizer)
+    if spec.baseline is not None:
+        parse_spec(spec.baseline)
+    for task in (*spec.tasks, *spec.trajectories):
+        get_task(task, spec.data_dir)
+
+
+def _base_config(spec: StudySpec, group: Group) -> dict[str, Any]:
+    if group.kind == "trajectory":
+        return {
+            "task": group.task, "steps": spec.trajectory_steps, "batch_size": None,
+            "eval_every": max(1, spec.trajectory_steps // 10), "monitor": False,
+        }
+    return {
+        "task": group.task, "steps": spec.steps, "batch_size": spec.batch_size,
+        "eval_every": spec.eval_every, "schedule": spec.schedule,
+        "warmup_steps": spec.warmup_steps, "data_dir": spec.data_dir, "monitor": False,
+    }
+
+
+def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
+    """The seed-0 search runs of ``group``, as ``TrainConfig.to_dict()`` values.
+
+    Main groups get ``spec.budget`` settings around the optimizer's sensible lr
+    (a log grid; scrambled Halton over other hyperparameters too when
+    ``spec.search == "halton"``). Trajectory groups get the shared grid
+    :data:`TRAJECTORY_LR_RANGE`.
+    """
+    from steplab.optim import OPTIMIZERS, parse_spec
+    from steplab.train import TrainConfig
+
+    parsed = parse_spec(group.optimizer)
+    inner = parsed.innermost
+    if group.kind == "trajectory":
+        points: list[dict[str, float]] = [
+            {"lr": lr} for lr in log_grid(*TRAJECTORY_LR_RANGE, TRAJECTORY_TRIALS)
+        ]
+    else:
+        extra = OPTIMIZERS[inner.name].search_space if spec.search == "halton" else None
+        center = lr_center(inner.name, inner.kwargs)
+        points = search_points(center, spec.lr_span, spec.budget, extra)
+    configs = []
+    for point in points:
+        others = {k: _typed(k, v, inner.kwargs) for k, v in point.items() if k != "lr"}
+        optimizer = str(parsed.with_overrides(**others)) if others else group.optimizer
+        cfg = TrainConfig(**_base_config(spec, group), optimizer=optimizer, lr=point["lr"], seed=0)
+        configs.append(cfg.to_dict())
+    return configs
+
+
+def _typed(name: str, value: float, kwargs: Any) -> float | int:
+    return int(round(value)) if isinstance(kwargs.get(name), int) else float(value)
+
+
+def seed_configs(best: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
+    """The best setting at seeds ``1 .. seeds-1`` (seed 0 is the search run itself).
+
+    >>> [c["seed"] for c in seed_configs({"task": "t", "seed": 0}, 3)]
+    [1, 2]
+    """
+    return [{**best, "seed": s} for s in range(1, seeds)]
+
+
+def _score(summary: dict[str, Any], metric: str) -> float | None:
+    if summary.get("status") not in ("completed", "early_stopped"):
+        return None
+    value = summary.get("metrics", {}).get(metric)
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def select_best(
+    runs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metric: str, mode: str
+) -> tuple[int | None, str | None]:
+    """Pick the search run with the best final ``metric``; diverged or failed runs never win.
+
+    Args:
+        runs: ``(config, summary)`` of each search run.
+        metric: validation metric to select on (e.g. ``"val_accuracy"``).
+        mode: ``"max"`` or ``"min"``.
+
+    Returns:
+        ``(index of the best run or None when every run failed, edge warning or None)``.
+
+    >>> runs = [({"lr": 0.1}, {"status": "completed", "metrics": {"val_loss": 0.5}}),
+    ...         ({"lr": 1.0}, {"status": "diverged", "metrics": {"val_loss": 9.0}})]
+    >>> select_best(runs, "val_loss", "min")
+    (0, 'best lr 0.1 is at the lower edge of the searched range [0.1, 1]; widen lr_span')
+    """
+    scored = [(i, _score(s, metric)) for i, (_, s) in enumerate(runs)]
+    valid = [(i, v) for i, v in scored if v is not None]
+    if not valid:
+        return None, None
+    sign = 1.0 if mode == "max" else -1.0
+    best = max(valid, key=lambda iv: (sign * iv[1], -iv[0]))[0]
+    lrs = [float(c["lr"]) for c, _ in runs if c.get("lr") is not None]
+    best_lr = runs[best][0].get("lr")
+    warning = edge_warning(lrs, float(best_lr)) if best_lr is not None else None
+    return best, warning

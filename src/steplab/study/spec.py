@@ -1,0 +1,312 @@
+"""The study spec: which optimizers to compare, on which tasks, with what budget.
+
+A :class:`StudySpec` is a frozen value. It comes from a TOML file
+(:func:`load_study_spec`), from ``steplab compare`` flags, or from code; its
+:attr:`StudySpec.spec_hash` names the study, so an output directory holding a
+different study is refused instead of mixed.
+
+TOML layout (every key optional; the keys may also sit at the top level)::
+
+    [study]
+    tasks = ["mnist1d-cnn"]
+    optimizers = ["adam", "lookahead(adam)"]
+    seeds = 3          # runs of the best setting per optimizer (>= 1)
+    budget = 5         # search trials per optimizer and task (>= 1)
+    steps = 500        # steps per run (default: the task's)
+    lr_span = 10.0     # search lr in [center / lr_span, center * lr_span]
+
+>>> spec = StudySpec(tasks=("mnist1d-cnn",), optimizers=("adam", "sgd"), seeds=2, budget=3)
+>>> spec.seeds, len(spec.spec_hash)
+(2, 12)
+>>> StudySpec(seeds=0)
+Traceback (most recent call last):
+...
+steplab.errors.SpecError: seeds: got 0, expected an integer >= 1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steplab.errors import SpecError
+
+__all__ = [
+    "DEFAULT_OPTIMIZERS",
+    "DEFAULT_TRAJECTORY_TASKS",
+    "StudySpec",
+    "default_study_spec",
+    "load_study_spec",
+    "quick_study_spec",
+    "split_names",
+]
+
+#: the optimizers of the default study (``steplab compare`` with no arguments)
+DEFAULT_OPTIMIZERS: tuple[str, ...] = (
+    "sgd",
+    "momentum",
+    "nesterov",
+    "rmsprop",
+    "adam",
+    "adamw",
+    "lookahead(sgd)",
+    "lookahead(adam)",
+)
+#: the 2-D test functions whose optimizer trajectories the report draws
+DEFAULT_TRAJECTORY_TASKS: tuple[str, ...] = ("rosenbrock", "rastrigin", "beale")
+_SEARCH_MODES = ("auto", "grid", "halton")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything that defines a comparison study; a value with a stable hash.
+
+    Args:
+        tasks: task names (``steplab tasks`` lists them).
+        optimizers: optimizer spec strings (``"adam"``, ``"lookahead(sgd, k=5)"``).
+        seeds: runs of each optimizer's best setting; the search's own seed-0
+            run counts as the first.
+        budget: search trials per optimizer and task, the same for every optimizer.
+        steps: training steps per run (None: each task's default).
+        batch_size: batch size per run (None: each task's default).
+        lr_span: the learning rate is searched in ``[c / lr_span, c * lr_span]``
+            around each optimizer's sensible default ``c`` (log-spaced).
+        search: ``"grid"`` (log grid over the lr only), ``"halton"`` (scrambled
+            Halton over the lr and the optimizer's other searchable
+            hyperparameters whose minimum trial count fits the budget), or
+            ``"auto"`` (grid).
+        baseline: the optimizer every other one is compared with (None: the
+            inner optimizer for each Lookahead, else ``adam``, else the first).
+        schedule: learning-rate schedule of every run (``constant``, ``cosine``...).
+        warmup_steps: warmup steps of every run.
+        eval_every: steps between evaluations (None: 10 per run).
+        trajectories: 2-D test functions to draw optimizer paths on (may be empty).
+        trajectory_steps: steps of each trajectory run.
+        targets: ``(task, value)`` pairs replacing a task's own target value
+            (its metric and direction stay); a TOML table ``{task = value}``.
+        data_dir: where tasks read or cache their data (None: their default).
+
+    Raises:
+        SpecError: a field is out of range or an optimizer/task list is empty.
+    """
+
+    tasks: tuple[str, ...] = ("mnist1d-cnn",)
+    optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
+    seeds: int = 3
+    budget: int = 5
+    steps: int | None = None
+    batch_size: int | None = None
+    lr_span: float = 10.0
+    search: str = "auto"
+    baseline: str | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int | None = None
+    trajectories: tuple[str, ...] = DEFAULT_TRAJECTORY_TASKS
+    trajectory_steps: int = 300
+    targets: tuple[tuple[str, float], ...] = ()
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "optimizers", "trajectories"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise SpecError(f"{name}: got {value!r}, expected a list of names")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("tasks", "optimizers"):
+            if not getattr(self, name):
+                raise SpecError(f"{name}: got an empty list, expected at least one name")
+        _check_int("seeds", self.seeds, 1)
+        _check_int("budget", self.budget, 1)
+        _check_int("trajectory_steps", self.trajectory_steps, 1)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if isinstance(self.lr_span, bool) or not isinstance(self.lr_span, int | float):
+            raise SpecError(f"lr_span: got {self.lr_span!r}, expected a number > 1")
+        if not self.lr_span > 1.0:
+            raise SpecError(f"lr_span: got {self.lr_span!r}, expected a number > 1")
+        if self.search not in _SEARCH_MODES:
+            raise SpecError(f"search: got {self.search!r}, expected one of {_SEARCH_MODES}")
+        object.__setattr__(self, "targets", _target_pairs(self.targets))
+        for task, _ in self.targets:
+            if task not in self.tasks:
+                raise SpecError(f"targets: got task {task!r}, expected one of tasks {list(self.tasks)}")
+        if len(set(self.optimizers)) != len(self.optimizers):
+            raise SpecError(f"optimizers: got duplicates in {list(self.optimizers)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as plain JSON types (lists for tuples)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StudySpec:
+        """Build a spec from :meth:`to_dict` output or a TOML table.
+
+        Raises:
+            SpecError: an unknown key (with a suggestion) or a bad value.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, sorted(known), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise SpecError(
+                    f"{key}: unknown study field{extra}; expected one of {sorted(known)}"
+                )
+        kwargs = {k: tuple(v) if isinstance(v, list) and k != "targets" else v
+                  for k, v in data.items()}
+        return cls(**kwargs)
+
+    @property
+    def spec_hash(self) -> str:
+        """First 12 hex digits of the SHA-256 of the canonical JSON of the spec."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def to_toml(self) -> str:
+        """The spec as a TOML ``[study]`` table that :func:`load_study_spec` reads back.
+
+        >>> spec = StudySpec(optimizers=("adam", "lookahead(adam, k=5)"), seeds=2)
+        >>> import tomllib; StudySpec.from_dict(tomllib.loads(spec.to_toml())["study"]) == spec
+        True
+        """
+        lines = ["[study]"]
+        for key, value in self.to_dict().items():
+            if value is None or key == "targets":
+                continue
+            lines.append(f"{key} = {json.dumps(value)}")
+        pairs = ", ".join(f"{json.dumps(t)} = {v!r}" for t, v in self.targets)
+        lines.append(f"targets = {{ {pairs} }}" if pairs else "targets = {}")
+        return "\n".join(lines) + "\n"
+
+    def replace(self, **changes: Any) -> StudySpec:
+        """Return a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _target_pairs(value: object) -> tuple[tuple[str, float], ...]:
+    items = value.items() if isinstance(value, dict) else value
+    try:
+        pairs = tuple((str(k), float(v)) for k, v in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"targets: got {value!r}, expected a table task = value") from exc
+    if not all(math.isfinite(v) for _, v in pairs):
+        raise SpecError(f"targets: got {value!r}, expected finite values")
+    return tuple(sorted(pairs))
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(f"{name}: got {value!r}, expected an integer >= {low}")
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def default_study_spec() -> StudySpec:
+    """The study ``steplab compare`` runs with no arguments.
+
+    MNIST-1D CNN; SGD, momentum, Nesterov, RMSprop, Adam, AdamW, Lookahead(SGD)
+    and Lookahead(Adam); 5 learning rates each, log-spaced over ``c/30 .. 30c``
+    around each rule's sensible default ``c``; 3 seeds; 600 steps of batch 64;
+    target test accuracy 0.80 (the task's own 0.90 takes thousands of steps);
+    paths on Rosenbrock, Rastrigin and Beale. Sized to finish in about 5
+    minutes on 2 CPU cores (measured figures in ``docs/compare.md``).
+
+    >>> default_study_spec().seeds
+    3
+    """
+    return StudySpec(
+        steps=600, budget=5, seeds=3, batch_size=64, lr_span=30.0, eval_every=50,
+        targets=(("mnist1d-cnn", 0.80),), trajectory_steps=300,
+    )
+
+
+def quick_study_spec() -> StudySpec:
+    """The ``--quick`` preset: about a minute on 2 CPU cores.
+
+    SGD, Adam and Lookahead(Adam) on MNIST-1D, 3 lr trials, 2 seeds, 300-step
+    runs, target test accuracy 0.70, Rosenbrock paths only.
+
+    >>> quick_study_spec().optimizers
+    ('sgd', 'adam', 'lookahead(adam)')
+    """
+    return StudySpec(
+        optimizers=("sgd", "adam", "lookahead(adam)"), seeds=2, budget=3, steps=300,
+        batch_size=64, lr_span=30.0, eval_every=30, targets=(("mnist1d-cnn", 0.70),),
+        trajectories=("rosenbrock",), trajectory_steps=200,
+    )
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """Split a comma-separated list of names at top-level commas (not inside parentheses).
+
+    >>> split_names("adam, lookahead(adam, k=5),sgd")
+    ('adam', 'lookahead(adam, k=5)', 'sgd')
+    >>> split_names("")
+    ()
+    """
+    names, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        if char == "," and depth == 0:
+            names.append(current.strip())
+            current = ""
+        else:
+            current += char
+    names.append(current.strip())
+    return tuple(n for n in names if n)
+
+
+def load_study_spec(path: str | Path | None = None, **overrides: Any) -> StudySpec:
+    """Read a study spec from a TOML file, then apply ``overrides``.
+
+    Args:
+        path: a TOML file (keys at the top level or under ``[study]``); None
+            starts from :func:`default_study_spec`.
+        **overrides: field values that replace the file's (None values are ignored).
+
+    Returns:
+        The validated :class:`StudySpec`.
+
+    Raises:
+        SpecError: the file is missing, unreadable or not TOML, or a field is bad.
+
+    >>> load_study_spec(None, seeds=2).seeds
+    2
+    """
+    data: dict[str, Any] = default_study_spec().to_dict()
+    given = _read_toml(Path(path)) if path is not None else {}
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    if "targets" not in given and "tasks" in given:  # the default's targets follow its tasks
+        data["targets"] = [pair for pair in data["targets"] if pair[0] in given["tasks"]]
+    data.update(given)
+    return StudySpec.from_dict(data)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpecError(f"spec: cannot read {str(path)!r} ({reason}); expected a TOML file") from exc
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec: {str(path)!r} is not valid TOML ({exc})") from exc
+    study = table.pop("study", {})
+    if not isinstance(study, dict):
+        raise SpecError(f"spec: [study] in {str(path)!r} must be a table")
+    return {**table, **study}

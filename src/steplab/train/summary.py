@@ -1,0 +1,71 @@
+"""``summary.json``: the result of a run, with exactly the keys ``docs/contracts.md`` fixes.
+
+Keys: ``status``, ``run_id``, ``steps``, ``metrics`` (final ``train_loss`` and
+evaluation metrics), ``best_metrics``, ``target``, ``target_step``,
+``target_time``, ``wall_time`` (training seconds, evaluation excluded),
+``steps_per_s``, ``step_time_ms`` (median forward+backward+step time of the
+steps this process ran), ``nonfinite_skipped``, ``state_bytes_per_param``,
+``n_params``, ``final_params_sha256``, ``torch_version``, and ``stop_reason``
+(why a diverged run ended, else None).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from steplab.optim import Lookahead
+from steplab.state import params_sha256
+
+if TYPE_CHECKING:
+    from steplab.train.loop import _Loop
+
+__all__ = ["build_summary", "state_bytes"]
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of per-parameter optimizer state tensors (Lookahead's slow copies included).
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(10)); p.grad = torch.ones(10)
+        >>> opt = torch.optim.Adam([p]); _ = opt.step()
+        >>> state_bytes(opt) >= 80  # exp_avg and exp_avg_sq, 10 float32 each
+        True
+    """
+    buffers: list[dict[str, Any]] = list(optimizer.state.values())
+    if isinstance(optimizer, Lookahead):
+        buffers += list(optimizer.slow_state.values())
+    return sum(
+        t.numel() * t.element_size()
+        for per_param in buffers
+        for t in per_param.values()
+        if isinstance(t, torch.Tensor)
+    )
+
+
+def build_summary(loop: _Loop, status: str) -> dict[str, Any]:
+    """Collect the summary of ``loop``'s run, ended with ``status``."""
+    s = loop.s
+    n_params = sum(p.numel() for p in s.params)
+    wall = loop.train_time()
+    return {
+        "status": status,
+        "run_id": s.config.run_id,
+        "steps": loop.step,
+        "metrics": {"train_loss": loop.train_loss, **loop.book.last},
+        "best_metrics": dict(loop.book.best),
+        "target": s.task.target.to_dict(),
+        "target_step": loop.book.target_step,
+        "target_time": loop.book.target_time,
+        "wall_time": wall,
+        "steps_per_s": loop.step / wall if wall > 0 else None,
+        "step_time_ms": statistics.median(loop.step_times) * 1e3 if loop.step_times else None,
+        "nonfinite_skipped": loop.watch.skipped,
+        "state_bytes_per_param": state_bytes(s.optimizer) / max(n_params, 1),
+        "n_params": n_params,
+        "final_params_sha256": params_sha256(s.model),
+        "torch_version": torch.__version__,
+        "stop_reason": loop.reason,
+    }

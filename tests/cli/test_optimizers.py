@@ -1,0 +1,40 @@
+"""``steplab optimizers``: the table for people and the JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steplab.cli import main
+from steplab.optim import OPTIMIZERS
+
+
+def test_json_lists_every_optimizer_with_rule_defaults_buffers_bytes_and_space(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["optimizers", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == list(OPTIMIZERS)
+    adam = next(row for row in rows if row["name"] == "adam")
+    assert adam["defaults"] == {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08,
+                                "weight_decay": 0.0}
+    assert adam["buffers"] == ["step", "exp_avg", "exp_avg_sq"] and adam["bytes_per_param"] == 8
+    assert adam["search_space"]["lr"] == [1e-05, 0.1, "log", 1]
+    assert all(row["rule"] and "torch_class" in row for row in rows)
+
+
+def test_table_shows_each_name_rule_and_bytes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["optimizers", "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    for name, info in OPTIMIZERS.items():
+        assert f"│ {name} " in out
+        assert info.rule[:12] in out
+    assert "max_exp_avg_sq" in out and "search space" in out
+
+
+def test_help_states_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["optimizers", "--help"])
+    assert info.value.code == 0
+    assert "default: table" in capsys.readouterr().out

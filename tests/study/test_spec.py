@@ -1,0 +1,113 @@
+"""The study spec: defaults, TOML round trip, validation with one clear message."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from steplab.errors import SpecError
+from steplab.study.spec import (
+    DEFAULT_OPTIMIZERS,
+    StudySpec,
+    default_study_spec,
+    load_study_spec,
+    quick_study_spec,
+    split_names,
+)
+
+
+def test_default_study_has_the_issue_optimizers_and_three_seeds() -> None:
+    spec = default_study_spec()
+    assert spec.tasks == ("mnist1d-cnn",)
+    assert spec.optimizers == DEFAULT_OPTIMIZERS
+    assert {"lookahead(sgd)", "lookahead(adam)", "nesterov", "adamw"} <= set(spec.optimizers)
+    assert spec.seeds == 3
+    assert set(spec.trajectories) == {"rosenbrock", "rastrigin", "beale"}
+
+
+def test_quick_preset_is_smaller_than_the_default() -> None:
+    quick, full = quick_study_spec(), default_study_spec()
+    assert len(quick.optimizers) * quick.budget * quick.steps < (  # type: ignore[operator]
+        len(full.optimizers) * full.budget * full.steps  # type: ignore[operator]
+    )
+
+
+def test_toml_round_trip_gives_an_equal_spec_and_hash() -> None:
+    spec = StudySpec(optimizers=("adam", "lookahead(adam, k=5)"), seeds=2, steps=50,
+                     targets=(("mnist1d-cnn", 0.8),))
+    again = StudySpec.from_dict(tomllib.loads(spec.to_toml())["study"])
+    assert again == spec
+    assert again.spec_hash == spec.spec_hash
+
+
+def test_spec_hash_changes_with_any_field() -> None:
+    base = StudySpec()
+    assert base.replace(seeds=4).spec_hash != base.spec_hash
+    assert base.replace(steps=10).spec_hash != base.spec_hash
+
+
+def test_load_reads_a_study_table_and_applies_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text('[study]\noptimizers = ["adam", "sgd"]\nseeds = 2\nbudget = 3\n'
+                    'targets = { "mnist1d-cnn" = 0.75 }\n')
+    spec = load_study_spec(path, seeds=4)
+    assert spec.optimizers == ("adam", "sgd")
+    assert (spec.seeds, spec.budget) == (4, 3)
+    assert spec.targets == (("mnist1d-cnn", 0.75),)
+
+
+def test_load_accepts_top_level_keys(tmp_path: Path) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text('tasks = ["mnist1d-mlp"]\nsteps = 20\n')
+    spec = load_study_spec(path)
+    assert spec.tasks == ("mnist1d-mlp",) and spec.steps == 20
+
+
+def test_the_documented_example_file_loads() -> None:
+    example = Path(__file__).parents[2] / "examples" / "study.toml"
+    spec = load_study_spec(example)
+    assert spec.optimizers and spec.seeds >= 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"seeds": 0}, "seeds"),
+        ({"budget": 0}, "budget"),
+        ({"optimizers": ()}, "optimizers"),
+        ({"tasks": ()}, "tasks"),
+        ({"steps": -5}, "steps"),
+        ({"lr_span": 1.0}, "lr_span"),
+        ({"search": "random"}, "search"),
+        ({"optimizers": ("adam", "adam")}, "optimizers"),
+        ({"targets": (("mnist1d-mlp", 0.5),)}, "targets"),
+    ],
+)
+def test_bad_fields_raise_a_spec_error_naming_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(SpecError) as err:
+        StudySpec(**changes)
+    message = str(err.value)
+    assert message.startswith(f"{field}:") and "\n" not in message
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path: Path) -> None:
+    path = tmp_path / "study.toml"
+    path.write_text("[study]\nseed = 3\n")
+    with pytest.raises(SpecError, match="did you mean 'seeds'"):
+        load_study_spec(path)
+
+
+def test_missing_and_invalid_files_raise_spec_errors(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read"):
+        load_study_spec(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[study\nseeds = ")
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_study_spec(bad)
+
+
+def test_split_names_keeps_commas_inside_parentheses() -> None:
+    assert split_names("sgd,lookahead(adam(lr=0.01), k=5)") == ("sgd", "lookahead(adam(lr=0.01), k=5)")
+    assert split_names(" , ") == ()
