@@ -32,7 +32,7 @@ NAMES = [name for name in OPTIMIZERS if name != "lookahead"]
 def _params(numel: int, tensors: int, seed: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     side = int((numel / tensors) ** 0.5)
-    params = []
+    params: list[torch.Tensor] = []
     for _ in range(tensors):
         p = torch.nn.Parameter(torch.randn(side, side, generator=gen))
         p.grad = torch.randn(side, side, generator=gen) * 1e-2
@@ -53,10 +53,16 @@ def _torch_variants(name: str) -> dict[str, Factory]:
 
 
 def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, float]:
-    """Median milliseconds per step of each variant, interleaved repeats."""
+    """Median milliseconds per step of each variant, interleaved repeats.
+
+    All variants step the same parameter tensors (each keeps its own state),
+    so allocation and memory placement of the parameters cannot favour one.
+    """
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    params = _params(args.numel, args.tensors, seed=0)
     built = {}
-    for i, (label, factory) in enumerate(variants.items()):
-        opt = factory(_params(args.numel, args.tensors, seed=i))
+    for label, factory in variants.items():
+        opt = factory(params)
         for _ in range(5):  # lazy state initialisation and warm-up are not timed
             opt.step()
         built[label] = opt
@@ -66,16 +72,16 @@ def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> di
         random.shuffle(order)
         for label in order:
             opt = built[label]
-            start = time.perf_counter()
+            start = clock()
             for _ in range(args.steps):
                 opt.step()
-            samples[label].append((time.perf_counter() - start) * 1e3 / args.steps)
+            samples[label].append((clock() - start) * 1e3 / args.steps)
     return {label: statistics.median(s) for label, s in samples.items()}
 
 
 def bench_rules(args: argparse.Namespace, console: Console) -> None:
     table = Table(title=f"optimizer step, {args.numel / 1e6:.0f}M float32 params in "
-                        f"{args.tensors} tensors, ms/step (median of {args.repeats})")
+                        f"{args.tensors} tensors, {args.clock} ms/step (median of {args.repeats})")
     for col in ("rule", "steplab picks", "steplab", "torch default", "torch fastest (flag)",
                 "steplab / fastest", "target"):
         table.add_column(col, justify="right")
@@ -121,20 +127,26 @@ def bench_lookahead(args: argparse.Namespace, console: Console) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2M params, 11 repeats (default: off)")
+    parser.add_argument("--quick", action="store_true", help="2M params, 7 repeats (default: off)")
     parser.add_argument("--numel", type=int, default=8_000_000, help="total parameters")
     parser.add_argument("--tensors", type=int, default=20, help="number of tensors")
-    parser.add_argument("--repeats", type=int, default=41, help="interleaved repeats")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats")
     parser.add_argument("--steps", type=int, default=1, help="steps per timed repeat")
     parser.add_argument("--names", nargs="*", default=NAMES, help="rules to time")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: steadier timings on a shared machine)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="cpu: this thread's CPU time (immune to other processes taking "
+                             "the cores; needs --threads 1); wall: elapsed time")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: use --threads 1 or --clock wall")
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.numel, args.repeats = 2_000_000, 11
+        args.numel, args.repeats = 2_000_000, 7
     console = Console()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+                  f"{args.clock} clock")
     bench_rules(args, console)
     bench_lookahead(args, console)
 

@@ -2,8 +2,8 @@
 
 The gradient is g_t = c·θ_t + ξ_t with pre-drawn noise ξ_t, so each path sees
 the gradient of its own iterate and small float32 differences are not
-amplified. Both the implementation create_optimizer picks (fused where torch
-has it) and the foreach path are checked.
+amplified. The implementation create_optimizer picks (fused where torch has
+it), the foreach path and the single-tensor for-loop are all checked.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def _run(
         np.testing.assert_allclose(p.detach().numpy(), th, rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize("impl", [{}, {"foreach": True}], ids=["chosen", "foreach"])
+@pytest.mark.parametrize(
+    "impl", [{}, {"foreach": True}, {"foreach": False}], ids=["chosen", "foreach", "for-loop"]
+)
 @pytest.mark.parametrize("name", TORCH_NAMES)
 def test_torch_path_agrees_with_reference(name: str, impl: dict[str, bool]) -> None:
     @settings(max_examples=10, deadline=None)

@@ -27,7 +27,7 @@ def make_net(seed: int = 0, reverse: bool = False, width: int = 6) -> Net:
     net = Net(reverse, width)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in sorted(net.named_parameters()):
+        for _name, p in sorted(net.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=gen))
     return net
 

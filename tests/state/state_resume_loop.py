@@ -60,7 +60,7 @@ def train(root: str | Path, spec: str, steps: int, progress: Any = None,
         restore_generator(order_gen, result.extra["order_gen"])
     with warnings.catch_warnings():
         # the GradScaler skips the first steps (overflow): the scheduler steps before the optimizer
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
         _loop(model, opt, sched, scaler, ckpt, (x, y), order_gen, [step, index], perm, steps,
               progress, blocking)
     ckpt.close()

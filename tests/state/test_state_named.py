@@ -86,7 +86,7 @@ def test_shape_mismatch_is_reported_and_that_parameter_starts_fresh() -> None:
     wider = make_net(width=7)
     wider_opt = torch.optim.AdamW(wider.parameters(), lr=0.01)
     named = named_state_dict(opt, model)
-    with pytest.raises(StateMismatchError, match="shape-mismatched: encoder.weight"):
+    with pytest.raises(StateMismatchError, match=r"shape-mismatched: encoder\.weight"):
         load_named_state_dict(wider_opt, wider, named)
     report = load_named_state_dict(wider_opt, wider, named, strict=False)
     assert "head.weight" in report.shape_mismatched and wider.head.weight not in wider_opt.state
@@ -122,6 +122,7 @@ def test_groups_with_the_same_names_take_the_saved_hyperparameters() -> None:
     assert all(g["lr"] == 0.01 for g in kept.param_groups)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_wrapper_prefixes_are_stripped_for_data_parallel_and_compile() -> None:
     model, opt = trained("adamw(lr=0.01)")
     plain = named_state_dict(opt, model)
@@ -159,7 +160,7 @@ def test_lookahead_on_one_side_only_is_a_mismatch_in_strict_mode() -> None:
 
 def test_a_different_optimizer_class_is_a_mismatch_in_strict_mode() -> None:
     model, opt = trained("adamw(lr=0.01)")
-    with pytest.raises(StateMismatchError, match="saved state is from torch.optim.adamw.AdamW"):
+    with pytest.raises(StateMismatchError, match=r"saved state is from torch\.optim\.adamw\.AdamW"):
         load_named_state_dict(torch.optim.Adam(model.parameters()), model,
                               named_state_dict(opt, model))
 

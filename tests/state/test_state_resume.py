@@ -81,6 +81,7 @@ def test_resume_after_random_sigkills_is_bit_exact(tmp_path: Path, spec: str) ->
     assert out.read_text() == baseline_out.read_text()
 
 
+@pytest.mark.slow
 def test_resume_in_fresh_interpreters_is_bit_exact(tmp_path: Path) -> None:
     spec = "lookahead(adamw(lr=0.01), k=3)"
     baseline_out = tmp_path / "baseline.txt"

@@ -19,16 +19,31 @@ from steplab.study.report_writers import write_reports
 from steplab.study.spec import StudySpec
 
 CHROMIUM = "/usr/bin/chromium"
-SPEC = StudySpec(tasks=("mnist1d-cnn",), optimizers=("adam", "lookahead(adam)", "sgd"),
-                 seeds=3, budget=3, steps=200, trajectories=("rosenbrock",),
-                 targets=(("mnist1d-cnn", 0.8),))
+SPEC = StudySpec(
+    tasks=("mnist1d-cnn",),
+    optimizers=("adam", "lookahead(adam)", "sgd"),
+    seeds=3,
+    budget=3,
+    steps=200,
+    trajectories=("rosenbrock",),
+    targets=(("mnist1d-cnn", 0.8),),
+)
 
 
 def _rows(speed: float, seed: int, diverged: bool = False) -> list[dict[str, Any]]:
     rows = []
     for step in range(10, 201, 10):
-        loss = math.nan if diverged and step > 50 else 2.0 * math.exp(-speed * step) + 0.1 + 0.01 * seed
-        row: dict[str, Any] = {"step": step, "wall_time": step * 0.01, "train_loss": loss, "lr": 0.01}
+        loss = (
+            math.nan
+            if diverged and step > 50
+            else 2.0 * math.exp(-speed * step) + 0.1 + 0.01 * seed
+        )
+        row: dict[str, Any] = {
+            "step": step,
+            "wall_time": step * 0.01,
+            "train_loss": loss,
+            "lr": 0.01,
+        }
         if step % 20 == 0:
             acc = 0.0 if diverged else 0.95 * (1 - math.exp(-speed * step)) - 0.005 * seed
             row.update(val_accuracy=acc, test_accuracy=acc, val_loss=loss, test_loss=loss)
@@ -39,27 +54,51 @@ def _rows(speed: float, seed: int, diverged: bool = False) -> list[dict[str, Any
 def _summary(rows: list[dict[str, Any]], status: str) -> dict[str, Any]:
     evals = [r for r in rows if "test_accuracy" in r]
     last = evals[-1]
-    return {"status": status, "steps": 200, "step_time_ms": 1.5, "state_bytes_per_param": 8.0,
-            "metrics": {k: last[k] for k in ("val_accuracy", "test_accuracy", "test_loss")},
-            "best_metrics": {"test_accuracy": max(r["test_accuracy"] for r in evals)}}
+    return {
+        "status": status,
+        "steps": 200,
+        "step_time_ms": 1.5,
+        "state_bytes_per_param": 8.0,
+        "metrics": {k: last[k] for k in ("val_accuracy", "test_accuracy", "test_loss")},
+        "best_metrics": {"test_accuracy": max(r["test_accuracy"] for r in evals)},
+    }
 
 
-def _record(group: Group, role: str, lr: float, seed: int, speed: float,
-            diverged: bool = False) -> RunRecord:
+def _record(
+    group: Group, role: str, lr: float, seed: int, speed: float, diverged: bool = False
+) -> RunRecord:
     rows = _rows(speed, seed, diverged)
-    config = {"task": group.task, "optimizer": group.optimizer, "lr": lr, "seed": seed, "steps": 200}
+    config = {
+        "task": group.task,
+        "optimizer": group.optimizer,
+        "lr": lr,
+        "seed": seed,
+        "steps": 200,
+    }
     status = "diverged" if diverged else "completed"
     return RunRecord(group, role, config, _summary(rows, status), rows, f"{group.key}-{lr}-{seed}")
 
 
 def _path_record(opt: str, lr: float) -> RunRecord:
-    rows = [{"step": i, "wall_time": i * 1e-3, "train_loss": 1.0,
-             "params": [-2.0 + 3.0 * i / 50, 2.0 - 1.0 * i / 50]} for i in range(51)]
+    rows = [
+        {
+            "step": i,
+            "wall_time": i * 1e-3,
+            "train_loss": 1.0,
+            "params": [-2.0 + 3.0 * i / 50, 2.0 - 1.0 * i / 50],
+        }
+        for i in range(51)
+    ]
     rows[-1].update(val_distance=0.1, test_distance=0.1)
     summary = {"status": "completed", "metrics": {"val_distance": 0.1 + lr}}
-    return RunRecord(Group("rosenbrock", opt, "trajectory"), "search",
-                     {"task": "rosenbrock", "optimizer": opt, "lr": lr, "seed": 0}, summary,
-                     rows, f"traj-{opt}-{lr}")
+    return RunRecord(
+        Group("rosenbrock", opt, "trajectory"),
+        "search",
+        {"task": "rosenbrock", "optimizer": opt, "lr": lr, "seed": 0},
+        summary,
+        rows,
+        f"traj-{opt}-{lr}",
+    )
 
 
 def synthetic_records() -> list[RunRecord]:
@@ -69,8 +108,9 @@ def synthetic_records() -> list[RunRecord]:
         group = Group("mnist1d-cnn", opt)
         diverged = opt == "sgd"
         for lr in (1e-3, 1e-2, 1e-1):
-            records.append(_record(group, "search", lr, 0, speed * (0.5 if lr != 1e-2 else 1.0),
-                                   diverged))
+            records.append(
+                _record(group, "search", lr, 0, speed * (0.5 if lr != 1e-2 else 1.0), diverged)
+            )
         if not diverged:
             records += [_record(group, "seed", 1e-2, s, speed) for s in range(3)]
         records += [_path_record(opt, lr) for lr in (1e-3, 1e-1)]
@@ -98,7 +138,11 @@ def test_a_diverged_optimizer_is_a_row_of_the_table() -> None:
     analysis = analyze(SPEC, synthetic_records(), {})
     sgd = next(r for r in analysis.rows if r.optimizer == "sgd")
     cells = table_cells(sgd)
-    assert cells["status"] == "diverged" or "diverged" in cells["status"] or cells["status"] == "no runs"
+    assert (
+        cells["status"] == "diverged"
+        or "diverged" in cells["status"]
+        or cells["status"] == "no runs"
+    )
     assert cells["steps to target"] == "not reached"
 
 
@@ -121,8 +165,10 @@ def test_markdown_csv_and_json_hold_every_run(report_dir: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len({(r.run_id, r.role) for r in synthetic_records()})
     assert "metrics.test_accuracy" in rows[0] and "config.lr" in rows[0]
-    body = json.loads((report_dir / "results.json").read_text(),
-                      parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    body = json.loads(
+        (report_dir / "results.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"),
+    )
     assert len(body["runs"]) == len(synthetic_records())
     assert {r["optimizer"] for r in body["table"]} == set(SPEC.optimizers)
 
@@ -150,13 +196,29 @@ def test_report_renders_in_headless_chromium_without_empty_or_cut_off_parts(
     report_dir: Path, tmp_path: Path, width: int
 ) -> None:
     if not Path(CHROMIUM).exists():
-        pytest.skip("headless check skipped: /usr/bin/chromium is absent (`make browser` installs it)")
+        pytest.skip(
+            "headless check skipped: /usr/bin/chromium is absent (`make browser` installs it)"
+        )
     page = tmp_path / "page.html"
-    page.write_text((report_dir / "report.html").read_text().replace("</body>", _MEASURE + "</body>"))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-           f"--window-size={width},900", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    page.write_text(
+        (report_dir / "report.html").read_text().replace("</body>", _MEASURE + "</body>")
+    )
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--window-size={width},900",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     text = dom.split('<pre id="steplab-layout">', 1)[1].split("</pre>", 1)[0]
     layout = json.loads(text.replace("&quot;", '"').replace("&amp;", "&"))

@@ -35,8 +35,9 @@ def test_names_refer_to_the_innermost_optimizer() -> None:
 
 
 def test_conversions_to_optuna_and_ray() -> None:
-    space = parse_space("lr=log(1e-4, 1e-1), momentum=(0.8, 0.99), nesterov=[True, False]",
-                        parse_spec("momentum"))
+    space = parse_space(
+        "lr=log(1e-4, 1e-1), momentum=(0.8, 0.99), nesterov=[True, False]", parse_spec("momentum")
+    )
     dists = space.to_optuna()
     assert dists["lr"] == optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
     assert dists["momentum"] == optuna.distributions.FloatDistribution(0.8, 0.99)
@@ -64,11 +65,14 @@ def test_default_space_grows_with_the_trial_budget_as_the_playbook_says() -> Non
     assert default_space(adam, 100).names == ("lr", "beta1", "eps", "beta2")
     # hyperparameters fixed by the spec are not searched
     assert default_space(parse_spec("adam(lr=0.01)"), 10).names == ("beta1",)
-    assert str(default_space(adam, 10).apply(adam, {"lr": 0.001, "beta1": 0.9})) == "adam(beta1=0.9, lr=0.001)"
+    assert (
+        str(default_space(adam, 10).apply(adam, {"lr": 0.001, "beta1": 0.9}))
+        == "adam(beta1=0.9, lr=0.001)"
+    )
 
 
 def test_resolve_space_refuses_an_empty_space() -> None:
-    with pytest.raises(SpecError, match="^space: nothing to tune"):
+    with pytest.raises(SpecError, match=r"^space: nothing to tune"):
         resolve_space(None, parse_spec("gd(lr=0.1)"), 5)
 
 

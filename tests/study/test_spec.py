@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from steplab.errors import SpecError
 from steplab.study.spec import (
@@ -35,8 +35,12 @@ def test_quick_preset_is_smaller_than_the_default() -> None:
 
 
 def test_toml_round_trip_gives_an_equal_spec_and_hash() -> None:
-    spec = StudySpec(optimizers=("adam", "lookahead(adam, k=5)"), seeds=2, steps=50,
-                     targets=(("mnist1d-cnn", 0.8),))
+    spec = StudySpec(
+        optimizers=("adam", "lookahead(adam, k=5)"),
+        seeds=2,
+        steps=50,
+        targets=(("mnist1d-cnn", 0.8),),
+    )
     again = StudySpec.from_dict(tomllib.loads(spec.to_toml())["study"])
     assert again == spec
     assert again.spec_hash == spec.spec_hash
@@ -50,8 +54,10 @@ def test_spec_hash_changes_with_any_field() -> None:
 
 def test_load_reads_a_study_table_and_applies_overrides(tmp_path: Path) -> None:
     path = tmp_path / "study.toml"
-    path.write_text('[study]\noptimizers = ["adam", "sgd"]\nseeds = 2\nbudget = 3\n'
-                    'targets = { "mnist1d-cnn" = 0.75 }\n')
+    path.write_text(
+        '[study]\noptimizers = ["adam", "sgd"]\nseeds = 2\nbudget = 3\n'
+        'targets = { "mnist1d-cnn" = 0.75 }\n'
+    )
     spec = load_study_spec(path, seeds=4)
     assert spec.optimizers == ("adam", "sgd")
     assert (spec.seeds, spec.budget) == (4, 3)
@@ -109,5 +115,8 @@ def test_missing_and_invalid_files_raise_spec_errors(tmp_path: Path) -> None:
 
 
 def test_split_names_keeps_commas_inside_parentheses() -> None:
-    assert split_names("sgd,lookahead(adam(lr=0.01), k=5)") == ("sgd", "lookahead(adam(lr=0.01), k=5)")
+    assert split_names("sgd,lookahead(adam(lr=0.01), k=5)") == (
+        "sgd",
+        "lookahead(adam(lr=0.01), k=5)",
+    )
     assert split_names(" , ") == ()

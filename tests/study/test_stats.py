@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -70,10 +71,12 @@ def test_relative_difference_reads_as_fraction_sooner() -> None:
 
 
 def test_steps_to_target_finds_the_first_evaluation_meeting_it() -> None:
-    rows = [{"step": 10, "wall_time": 0.1, "train_loss": 1.0},
-            {"step": 20, "wall_time": 0.2, "val_loss": 0.5},
-            {"step": 30, "wall_time": 0.3, "val_loss": 0.2},
-            {"step": 40, "wall_time": 0.4, "val_loss": 0.1}]
+    rows = [
+        {"step": 10, "wall_time": 0.1, "train_loss": 1.0},
+        {"step": 20, "wall_time": 0.2, "val_loss": 0.5},
+        {"step": 30, "wall_time": 0.3, "val_loss": 0.2},
+        {"step": 40, "wall_time": 0.4, "val_loss": 0.1},
+    ]
     assert steps_to_target(rows, "val_loss", 0.25, "min") == (30, 0.3)
     assert steps_to_target(rows, "val_loss", 0.01, "min") is None
 
@@ -117,8 +120,14 @@ def test_edge_warning_names_the_edge() -> None:
 
 def test_select_best_uses_validation_and_never_picks_a_diverged_run() -> None:
     runs = [
-        ({"lr": 0.01}, {"status": "completed", "metrics": {"val_accuracy": 0.7, "test_accuracy": 0.99}}),
-        ({"lr": 0.1}, {"status": "completed", "metrics": {"val_accuracy": 0.8, "test_accuracy": 0.5}}),
+        (
+            {"lr": 0.01},
+            {"status": "completed", "metrics": {"val_accuracy": 0.7, "test_accuracy": 0.99}},
+        ),
+        (
+            {"lr": 0.1},
+            {"status": "completed", "metrics": {"val_accuracy": 0.8, "test_accuracy": 0.5}},
+        ),
         ({"lr": 1.0}, {"status": "diverged", "metrics": {"val_accuracy": 0.95}}),
     ]
     index, warning = select_best(runs, selection_metric("test_accuracy"), "max")
@@ -141,6 +150,6 @@ def test_performance_profiles_are_monotone_fractions(values: list[list[float]]) 
     prof = performance_profiles(times)
     for rho in prof.rho.values():
         assert all(0.0 <= r <= 1.0 for r in rho)
-        assert all(b >= a for a, b in zip(rho, rho[1:], strict=False))
+        assert all(b >= a for a, b in itertools.pairwise(rho))
     assert max(prof.scores.values()) <= 1.0 + 1e-9
     assert all(s >= 0.0 for s in prof.scores.values())

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from steplab.tasks import get_task
+from steplab.tasks import TaskData, get_task
 
 
-def test_split_is_seeded_disjoint_and_covers_all_digits() -> None:
-    a, b = get_task("digits-mlp").load_data(), get_task("digits-mlp").load_data()
+@pytest.fixture(scope="module")
+def data() -> TaskData:
+    return get_task("digits-mlp").load_data()
+
+
+def test_split_is_seeded_disjoint_and_covers_all_digits(data: TaskData) -> None:
+    a, b = data, get_task("digits-mlp").load_data()
     assert a.sizes() == {"train": 1294, "val": 144, "test": 359}
     assert sum(a.sizes().values()) == 1797
     assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_val, b.y_val)
@@ -17,18 +23,15 @@ def test_split_is_seeded_disjoint_and_covers_all_digits() -> None:
     assert a.x_train.dtype == torch.float32 and a.y_train.dtype == torch.int64
 
 
-def test_features_are_standardised_with_training_statistics() -> None:
-    data = get_task("digits-mlp").load_data()
+def test_features_are_standardised_with_training_statistics(data: TaskData) -> None:
     mean, std = data.x_train.mean(0), data.x_train.std(0)
     varying = std > 0
     torch.testing.assert_close(mean, torch.zeros(64), atol=1e-5, rtol=0)
     torch.testing.assert_close(std[varying], torch.ones(int(varying.sum())), atol=1e-4, rtol=0)
 
 
-def test_adam_at_the_defaults_reaches_the_target() -> None:
-    torch.set_num_threads(1)
+def test_adam_at_the_defaults_reaches_the_target(data: TaskData) -> None:
     task = get_task("digits-mlp")
-    data = task.load_data()
     gen = torch.Generator().manual_seed(0)
     model = task.build_model(gen)
     assert task.default_lr is not None

@@ -43,7 +43,7 @@ def test_model_starts_at_the_standard_point_and_returns_shape_one(
     assert out.shape == (1,)
     metrics = task.metrics(model, data.x_test, data.y_test)
     assert metrics["distance"] == pytest.approx(math.dist(start, minimum))
-    assert metrics["loss"] == pytest.approx(float(task.loss(out, data.y_train)), rel=1e-6)
+    assert metrics["loss"] == pytest.approx(float(task.loss(out, data.y_train).detach()), rel=1e-6)
     assert task.target.metric == "test_distance" and task.target.mode == "min"
 
 

@@ -1,13 +1,18 @@
-"""Reference quality: MNIST-1D built-ins at their defaults land near the paper's figures.
+"""Reference quality: MNIST-1D built-ins at their defaults against the published figures.
 
 The paper reports test accuracy of about 32% (logistic regression), 68% (MLP)
 and 94% (CNN). A minimal Adam loop at each task's defaults (batch size, steps,
-lr; seeded shuffling, one torch thread) must land within 2 points. Run with
-``-s`` to print the figures recorded in docs/_bench_tasks.md.
+lr; seeded shuffling; one torch thread) is run for three seeds and the mean
+test accuracy must land within 2 points of the reference. For the MLP the
+reference is 65.7%: what the MNIST-1D repository's own trainer prints for this
+model (``notebooks/mnist1d-classification.ipynb``); the paper's 68% is not
+reproduced by that code either (see docs/_bench_tasks.md). Run with ``-s``
+to print the figures recorded there.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import pytest
@@ -16,6 +21,8 @@ import torch
 from steplab.tasks import get_task
 
 PAPER = {"mnist1d-logreg": 0.32, "mnist1d-mlp": 0.68, "mnist1d-cnn": 0.94}
+REFERENCE = {"mnist1d-logreg": 0.32, "mnist1d-mlp": 0.657, "mnist1d-cnn": 0.94}
+SEEDS = (0, 1, 2)
 
 
 def train_at_defaults(name: str, seed: int) -> tuple[float, float, int | None]:
@@ -28,7 +35,7 @@ def train_at_defaults(name: str, seed: int) -> tuple[float, float, int | None]:
     opt = torch.optim.Adam(model.parameters(), lr=task.default_lr)
     n, bs = len(data.x_train), task.default_batch_size
     perm, pos, train_time, target_step = torch.randperm(n, generator=gen), 0, 0.0, None
-    every = max(task.default_steps // 10, 1)
+    every = max(task.default_steps // 10, 1)  # the loop's default: 10 evaluations per run
     for step in range(1, task.default_steps + 1):
         start = time.perf_counter()
         if pos + bs > n:
@@ -48,16 +55,20 @@ def train_at_defaults(name: str, seed: int) -> tuple[float, float, int | None]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(PAPER))
-def test_mnist1d_defaults_reach_the_papers_accuracy_within_two_points(name: str) -> None:
+def test_mnist1d_defaults_land_within_two_points_of_the_reference(name: str) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        accuracy, steps_per_s, target_step = train_at_defaults(name, seed=0)
+        runs = [train_at_defaults(name, seed) for seed in SEEDS]
     finally:
         torch.set_num_threads(threads)
+    accuracies = [r[0] for r in runs]
+    mean = statistics.mean(accuracies)
     print(
-        f"\n{name}: test_accuracy {accuracy:.3f} (paper {PAPER[name]:.2f}), "
-        f"{steps_per_s:.0f} steps/s, target first met at step {target_step}"
+        f"\n{name}: test_accuracy mean {mean:.3f} over seeds {SEEDS} "
+        f"({', '.join(f'{a:.3f}' for a in accuracies)}); paper {PAPER[name]:.2f}; "
+        f"steps/s {', '.join(f'{r[1]:.0f}' for r in runs)}; "
+        f"target first met at steps {[r[2] for r in runs]}"
     )
-    assert abs(accuracy - PAPER[name]) <= 0.02
-    assert target_step is not None
+    assert abs(mean - REFERENCE[name]) <= 0.02
+    assert all(r[2] is not None for r in runs)  # the documented target is reachable

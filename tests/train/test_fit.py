@@ -113,7 +113,7 @@ def test_early_stopping_stops_after_patience_evaluations(toy: Any) -> None:
 def test_early_stop_metric_the_task_lacks_is_refused(toy: Any) -> None:
     from steplab.errors import SpecError
 
-    with pytest.raises(SpecError, match="early_stop_metric: got 'val_auc'.*val_accuracy"):
+    with pytest.raises(SpecError, match=r"early_stop_metric: got 'val_auc'.*val_accuracy"):
         _fit(task=toy.name, steps=5, early_stop_metric="val_auc")
 
 

@@ -71,9 +71,9 @@ def test_out_dir_holding_another_run_is_refused_and_left_untouched(
     fit(TrainConfig(task=toy.name, steps=5), run, progress=False)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     for resume in (False, True):
-        with pytest.raises(SpecError, match="out: got .* holds run"):
+        with pytest.raises(SpecError, match=r"out: got .* holds run"):
             fit(TrainConfig(task=toy.name, steps=6), run, resume=resume, progress=False)
-    with pytest.raises(SpecError, match="already holds run .*--resume"):
+    with pytest.raises(SpecError, match=r"already holds run .*--resume"):
         fit(TrainConfig(task=toy.name, steps=5), run, progress=False)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 

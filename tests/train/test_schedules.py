@@ -103,5 +103,5 @@ def test_warmup_as_long_as_the_run_is_refused() -> None:
 
 
 def test_unknown_schedule_is_refused_by_the_config() -> None:
-    with pytest.raises(SpecError, match="schedule: got 'cosin'.*cosine"):
+    with pytest.raises(SpecError, match=r"schedule: got 'cosin'.*cosine"):
         TrainConfig(task="digits-mlp", schedule="cosin")

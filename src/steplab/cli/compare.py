@@ -24,33 +24,70 @@ def add_parser(subparsers: Any) -> None:
         "results.csv and results.json into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("spec", nargs="?", default=None,
-                   help="study TOML file (default: none, the built-in default study)")
-    p.add_argument("--quick", action="store_true",
-                   help="the one-minute preset instead of the default study (default: off)")
+    p.add_argument(
+        "spec",
+        nargs="?",
+        default=None,
+        help="study TOML file (default: none, the built-in default study)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the one-minute preset instead of the default study (default: off)",
+    )
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: the spec's)")
-    p.add_argument("--optimizers", default=None,
-                   help="comma-separated optimizer specs, e.g. 'adam,lookahead(adam)' (default: the spec's)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds of each best setting (default: 3)")
-    p.add_argument("--budget", type=int, default=None,
-                   help="lr search trials per optimizer and task (default: the spec's)")
+    p.add_argument(
+        "--optimizers",
+        default=None,
+        help="comma-separated optimizer specs, e.g. 'adam,lookahead(adam)' (default: the spec's)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=None, help="seeds of each best setting (default: 3)"
+    )
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="lr search trials per optimizer and task (default: the spec's)",
+    )
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: the spec's)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the spec's)")
-    p.add_argument("--lr-span", type=float, default=None,
-                   help="search lr in [c/span, c*span] around each default c (default: the spec's)")
-    p.add_argument("--search", choices=("auto", "grid", "halton"), default=None,
-                   help="search kind (default: the spec's, 'auto' = log grid)")
-    p.add_argument("--baseline", default=None,
-                   help="optimizer to compare every other with (default: a Lookahead's inner, else adam)")
-    p.add_argument("--trajectories", default=None,
-                   help="2-D functions to draw paths on, comma-separated, 'none' for no paths "
-                   "(default: rosenbrock,rastrigin,beale)")
+    p.add_argument(
+        "--lr-span",
+        type=float,
+        default=None,
+        help="search lr in [c/span, c*span] around each default c (default: the spec's)",
+    )
+    p.add_argument(
+        "--search",
+        choices=("auto", "grid", "halton"),
+        default=None,
+        help="search kind (default: the spec's, 'auto' = log grid)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="optimizer to compare every other with (default: a Lookahead's inner, else adam)",
+    )
+    p.add_argument(
+        "--trajectories",
+        default=None,
+        help="2-D functions to draw paths on, comma-separated, 'none' for no paths "
+        "(default: rosenbrock,rastrigin,beale)",
+    )
     p.add_argument("--out", default="steplab-out", help="output directory (default: steplab-out)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where runs execute (default: local process pool)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where runs execute (default: local process pool)",
+    )
     p.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address for --executor ray (default: start a local Ray)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster address for --executor ray (default: start a local Ray)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display (default: off)")
     p.add_argument("--json", action="store_true", help="print a JSON summary (default: off)")
     p.set_defaults(func=run)
@@ -60,8 +97,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from steplab.study.spec import split_names
 
     over: dict[str, Any] = {
-        "seeds": args.seeds, "budget": args.budget, "steps": args.steps,
-        "batch_size": args.batch_size, "lr_span": args.lr_span, "search": args.search,
+        "seeds": args.seeds,
+        "budget": args.budget,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr_span": args.lr_span,
+        "search": args.search,
         "baseline": args.baseline,
     }
     for name in ("tasks", "optimizers"):
@@ -79,20 +120,36 @@ def run(args: argparse.Namespace) -> int:
 
     over = _overrides(args)
     if args.quick and args.spec is None:
-        spec = quick_study_spec().from_dict({**quick_study_spec().to_dict(),
-                                             **{k: v for k, v in over.items() if v is not None}})
+        spec = quick_study_spec().from_dict(
+            {**quick_study_spec().to_dict(), **{k: v for k, v in over.items() if v is not None}}
+        )
     else:
         spec = load_study_spec(args.spec, **over)
-    result = run_study(spec, args.out, executor=args.executor, workers=args.workers,
-                       address=args.address, progress=not (args.quiet or args.json))
+    result = run_study(
+        spec,
+        args.out,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+        progress=not (args.quiet or args.json),
+    )
     if args.json:
-        print(json.dumps({
-            "report_html": str(result.report_html), "report_md": str(result.report_md),
-            "results_csv": str(result.results_csv), "results_json": str(result.results_json),
-            "n_runs": result.n_runs, "n_trained": result.n_trained, "wall_time": result.wall_time,
-            "verdicts": {r.optimizer: r.verdicts for r in result.analysis.rows},
-            "warnings": result.analysis.warnings,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "report_html": str(result.report_html),
+                    "report_md": str(result.report_md),
+                    "results_csv": str(result.results_csv),
+                    "results_json": str(result.results_json),
+                    "n_runs": result.n_runs,
+                    "n_trained": result.n_trained,
+                    "wall_time": result.wall_time,
+                    "verdicts": {r.optimizer: r.verdicts for r in result.analysis.rows},
+                    "warnings": result.analysis.warnings,
+                },
+                indent=2,
+            )
+        )
         return 0
     _print_table(result)
     return 0
@@ -102,22 +159,25 @@ def _print_table(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from steplab.study.report_data import TABLE_COLUMNS, table_cells
+    from steplab.study.report_data import table_cells
 
+    columns = ("optimizer", "lr", "status", "final", "steps to target", "loss AUC", "step ms")
     console = Console()
     for task, target in result.analysis.targets.items():
         op = ">=" if target.mode == "max" else "<="
         table = Table(title=f"{task} (target {target.metric} {op} {target.value:g})")
-        for col in TABLE_COLUMNS:
+        for col in columns:
             table.add_column(col, justify="left" if col == "optimizer" else "right")
         for row in (r for r in result.analysis.rows if r.task == task):
             cells = table_cells(row)
-            table.add_row(*(cells[c] for c in TABLE_COLUMNS))
+            table.add_row(*(cells[c] for c in columns))
         console.print(table)
         for row in (r for r in result.analysis.rows if r.task == task):
             for verdict in row.verdicts:
                 console.print(f"  [bold]{row.optimizer}[/bold] {verdict}", highlight=False)
     for warning in result.analysis.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    console.print(f"{result.n_runs} runs ({result.n_trained} trained now) in "
-                  f"{result.wall_time:.0f} s. Report: [bold]{result.report_html}[/bold]")
+    console.print(
+        f"{result.n_runs} runs ({result.n_trained} trained now) in "
+        f"{result.wall_time:.0f} s. Report: [bold]{result.report_html}[/bold]"
+    )

@@ -53,8 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="steplab tasks")
-    for column in ("name", "description", "train/val/test", "params", "target", "defaults"):
-        table.add_column(column, justify="right" if column == "params" else "left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description", ratio=1)
+    table.add_column("train/val/test", no_wrap=True)
+    table.add_column("params", justify="right", no_wrap=True)
+    table.add_column("target", no_wrap=True)
+    table.add_column("defaults (adam)")
     for info in infos:
         sizes = info["sizes"]
         split = "-" if sizes is None else f"{sizes['train']}/{sizes['val']}/{sizes['test']}"

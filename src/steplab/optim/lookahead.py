@@ -328,7 +328,9 @@ class Lookahead(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; groups and state stay the same shared objects.
 
-        Slow buffers are cast to each parameter's device and dtype.
+        Slow buffers are cast to each parameter's device and dtype; k, alpha,
+        pullback and the step counter are taken from the dict, as torch takes
+        group hyperparameters from it.
 
         Raises:
             StateMismatchError: the dict has no ``"lookahead"`` entry, or its slow

@@ -12,17 +12,25 @@
 from __future__ import annotations
 
 from steplab.state.hashing import params_sha256, tensor_sha256
+from steplab.state.inspection import StateReport, inspect, inspect_checkpoint
 from steplab.state.named import NamedLoadReport, load_named_state_dict, named_state_dict
 from steplab.state.rng import capture_generator, capture_rng, restore_generator, restore_rng
+from steplab.state.transfer import POLICIES, TransferReport, transfer
 
 __all__ = [
+    "POLICIES",
     "NamedLoadReport",
+    "StateReport",
+    "TransferReport",
     "capture_generator",
     "capture_rng",
+    "inspect",
+    "inspect_checkpoint",
     "load_named_state_dict",
     "named_state_dict",
     "params_sha256",
     "restore_generator",
     "restore_rng",
     "tensor_sha256",
+    "transfer",
 ]

@@ -65,6 +65,7 @@ __all__ = [
     "check_named_state_dict",
     "load_named_state_dict",
     "named_state_dict",
+    "named_state_dict_for",
 ]
 
 #: format tag of a named optimizer state dict
@@ -121,9 +122,15 @@ def named_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict
         StateMismatchError: if the optimizer holds a tensor that is not a
             parameter of ``model``.
     """
-    group_names = optimizer_param_names(optimizer, model)
+    return named_state_dict_for(optimizer, optimizer_param_names(optimizer, model))
+
+
+def named_state_dict_for(
+    optimizer: torch.optim.Optimizer, group_names: list[list[str]]
+) -> dict[str, Any]:
+    """:func:`named_state_dict` with the names given group by group instead of a model."""
     flat = [name for names in group_names for name in names]
-    params = named_parameters(model)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     saved = optimizer.state_dict()
     state = {flat[i]: dict(buffers) for i, buffers in saved["state"].items()}
     groups = [
@@ -135,7 +142,7 @@ def named_state_dict(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict
         "format": FORMAT,
         "optimizer": _class_name(inner_of(optimizer)),
         "spec": None if spec is None else str(spec),
-        "param_shapes": {name: list(params[name].shape) for name in flat},
+        "param_shapes": {name: list(p.shape) for name, p in zip(flat, params, strict=True)},
         "state": state,
         "param_groups": groups,
     }

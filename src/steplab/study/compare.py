@@ -41,6 +41,7 @@ class StudyResult:
         n_runs: runs the study consists of.
         n_trained: runs trained by this call (the others were found finished).
         wall_time: seconds this call took.
+        cpu_seconds: CPU seconds the runs trained by this call used in their workers.
     """
 
     spec: StudySpec
@@ -53,6 +54,7 @@ class StudyResult:
     n_runs: int
     n_trained: int
     wall_time: float
+    cpu_seconds: float
 
 
 def _claim_out_dir(out: Path, spec: StudySpec, command: str | None) -> None:
@@ -61,7 +63,9 @@ def _claim_out_dir(out: Path, spec: StudySpec, command: str | None) -> None:
         try:
             held = json.loads(marker.read_text()).get("spec_hash")
         except (OSError, ValueError, AttributeError) as exc:
-            raise SpecError(f"out: {str(marker)!r} is unreadable ({exc}); expected a study.json") from exc
+            raise SpecError(
+                f"out: {str(marker)!r} is unreadable ({exc}); expected a study.json"
+            ) from exc
         if held != spec.spec_hash:
             raise SpecError(
                 f"out: {str(out)!r} holds another study (spec hash {held}, this one "
@@ -69,7 +73,9 @@ def _claim_out_dir(out: Path, spec: StudySpec, command: str | None) -> None:
             )
         return
     if out.exists() and any(out.iterdir()):
-        raise SpecError(f"out: {str(out)!r} is not empty and holds no study; expected a new directory")
+        raise SpecError(
+            f"out: {str(out)!r} is not empty and holds no study; expected a new directory"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.toml").write_text(spec.to_toml())
     body = {"spec_hash": spec.spec_hash, "spec": spec.to_dict(), "command": command}
@@ -87,6 +93,7 @@ class _Plan:
     best: dict[Group, dict[str, Any] | None] = field(default_factory=dict)
     warnings: dict[Group, str] = field(default_factory=dict)
     cached: int = 0
+    cpu_seconds: float = 0.0
 
     def run_dir(self, config: dict[str, Any]) -> Path:
         from steplab.train import TrainConfig
@@ -125,6 +132,8 @@ class _Plan:
         return self.jobs_for(group, seed_configs(configs[index], self.spec.seeds), "seed")
 
     def on_done(self, job: RunJob, summary: dict[str, Any]) -> list[RunJob]:
+        summary = dict(summary)
+        self.cpu_seconds += float(summary.pop("cpu_seconds", 0.0))
         self.summaries[Path(job.run_dir).name] = summary
         group = next(g for g in self.search if g.key == job.tag[0])
         return self.after_search(group) if job.tag[1] == "search" else []
@@ -136,8 +145,9 @@ def _groups(spec: StudySpec) -> list[Group]:
     return main + paths
 
 
-def _execute(plan: _Plan, executor: str, workers: int | None, address: str | None,
-             progress: bool) -> int:
+def _execute(
+    plan: _Plan, executor: str, workers: int | None, address: str | None, progress: bool
+) -> int:
     jobs: list[RunJob] = []
     for group, configs in plan.search.items():
         jobs += plan.jobs_for(group, configs, "search")
@@ -163,7 +173,9 @@ def _records(plan: _Plan) -> list[RunRecord]:
     records = []
     for group, configs in plan.search.items():
         best = plan.best.get(group)
-        seeds = [best, *seed_configs(best, plan.spec.seeds)] if best and group.kind == "main" else []
+        seeds = (
+            [best, *seed_configs(best, plan.spec.seeds)] if best and group.kind == "main" else []
+        )
         for role, role_configs in (("search", configs), ("seed", seeds)):
             for config in role_configs:
                 run_dir = plan.run_dir(config)
@@ -216,6 +228,15 @@ def run_study(
     analysis = analyze(spec, records, {g.key: w for g, w in plan.warnings.items()})
     paths = write_reports(out, spec, analysis, command, time.perf_counter() - start)
     return StudyResult(
-        spec, out, paths["html"], paths["md"], paths["csv"], paths["json"], analysis,
-        len({r.run_id for r in records}), trained, time.perf_counter() - start,
+        spec,
+        out,
+        paths["html"],
+        paths["md"],
+        paths["csv"],
+        paths["json"],
+        analysis,
+        len({r.run_id for r in records}),
+        trained,
+        time.perf_counter() - start,
+        plan.cpu_seconds,
     )

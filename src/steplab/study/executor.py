@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -24,7 +25,15 @@ from typing import Any, Protocol
 
 from steplab.errors import SpecError
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "RunJob", "execute_run", "make_executor", "run_jobs"]
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "RunJob",
+    "execute_run",
+    "make_executor",
+    "run_jobs",
+]
 
 
 #: modules the fork server imports once (torch._dynamo and mnist1d take seconds each)
@@ -68,7 +77,7 @@ def execute_run(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         run_dir: output directory of the run.
 
     Returns:
-        The run's ``summary.json`` content.
+        The run's ``summary.json`` content plus ``cpu_seconds`` (CPU time of the run).
     """
     import torch
 
@@ -78,11 +87,13 @@ def execute_run(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
     path = Path(run_dir)
     if path.exists() and not (path / "summary.json").exists():
         shutil.rmtree(path)
+    cpu = time.process_time()
     try:
         result = fit(TrainConfig.from_dict(config), path, resume=False, progress=False)
     except Exception as exc:  # a failed run is reported, not raised: see the docstring
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return dict(result.summary)
+    # CPU seconds of the whole run (evaluations and writing included), for the benchmarks
+    return {**result.summary, "cpu_seconds": time.process_time() - cpu}
 
 
 class Executor(Protocol):
@@ -109,12 +120,16 @@ class LocalExecutor:
 
     def __init__(self, workers: int | None = None) -> None:
         self.capacity = max(1, workers or os.cpu_count() or 1)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        method = (
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             # imported once in the fork server, so every worker starts warm
             context.set_forkserver_preload(_PRELOAD)
-        self._pool = ProcessPoolExecutor(self.capacity, mp_context=context, initializer=_worker_init)
+        self._pool = ProcessPoolExecutor(
+            self.capacity, mp_context=context, initializer=_worker_init
+        )
 
     def submit(self, job: RunJob) -> Future[dict[str, Any]]:
         """Start ``job`` in a worker process."""

@@ -88,6 +88,10 @@ class LRRangeResult:
         out.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return out
 
+    def plot(self, path: str | Path, title: str = "LR range test") -> Path:
+        """Save the curve with both suggestions marked as a PNG (see :func:`plot_curve`)."""
+        return plot_curve(self, path, title)
+
     def summary_line(self) -> str:
         """One line for a terminal: the suggestion, or why there is none."""
         if self.suggested_lr is None:

@@ -17,10 +17,16 @@ import numpy as np
 from steplab.study.profiles import PerformanceProfiles
 from steplab.study.report_data import OptimizerRow, RunRecord
 
-__all__ = ["color_of", "curves_figure", "lr_sensitivity_figure", "profiles_figure",
-           "steps_to_target_figure", "to_data_uri"]
+__all__ = [
+    "color_of",
+    "curves_figure",
+    "lr_sensitivity_figure",
+    "profiles_figure",
+    "steps_to_target_figure",
+    "to_data_uri",
+]
 
-_DPI = 110
+_DPI = 100
 
 
 def _pyplot() -> Any:
@@ -104,8 +110,14 @@ def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str)
     fig.tight_layout()
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=min(4, len(labels)), frameon=False)
+        fig.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=min(4, len(labels)),
+            frameon=False,
+        )
     return to_data_uri(fig)
 
 
@@ -114,8 +126,15 @@ def lr_sensitivity_figure(search_runs: dict[str, list[RunRecord]], metric: str, 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
     for i, (opt, records) in enumerate(search_runs.items()):
-        pts = sorted((float(r.config["lr"]), r.summary.get("metrics", {}).get(metric), r.summary.get("status"))
-                     for r in records if r.config.get("lr") is not None)
+        pts = sorted(
+            (
+                float(r.config["lr"]),
+                r.summary.get("metrics", {}).get(metric),
+                r.summary.get("status"),
+            )
+            for r in records
+            if r.config.get("lr") is not None
+        )
         ok = [(lr, v) for lr, v, s in pts if v is not None and math.isfinite(v) and s != "diverged"]
         if ok:
             ax.plot(*zip(*ok, strict=True), marker="o", color=color_of(i), label=opt)
@@ -145,13 +164,22 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
             ax.text(0, i, "  no finished run", va="center")
             continue
         hatch = "" if row.reached == len(row.steps) else "//"
-        ax.barh(i, ci.mean, color=color_of(i), hatch=hatch, alpha=0.85,
-                xerr=[[ci.mean - ci.low], [ci.high - ci.mean]], capsize=4)
+        ax.barh(
+            i,
+            ci.mean,
+            color=color_of(i),
+            hatch=hatch,
+            alpha=0.85,
+            xerr=[[ci.mean - ci.low], [ci.high - ci.mean]],
+            capsize=4,
+        )
         note = "" if row.reached == len(row.steps) else f"  reached {row.reached}/{len(row.steps)}"
         ax.text(ci.high, i, note, va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [r.optimizer for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel("steps to target\n(hatched: some seeds never reached it; a miss counts as the budget)")
+    ax.set_xlabel(
+        "steps to target\n(hatched: some seeds never reached it; a miss counts as the budget)"
+    )
     ax.set_title(f"{task}: steps to target (mean, 95% CI)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -163,8 +191,13 @@ def profiles_figure(profiles: PerformanceProfiles) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, (opt, rho) in enumerate(profiles.rho.items()):
-        ax.step(profiles.taus, rho, where="post", color=color_of(i),
-                label=f"{opt} (score {profiles.scores[opt]:.2f})")
+        ax.step(
+            profiles.taus,
+            rho,
+            where="post",
+            color=color_of(i),
+            label=f"{opt} (score {profiles.scores[opt]:.2f})",
+        )
     ax.set_xlabel("tau (ratio to the fastest optimizer, steps to target)")
     ax.set_ylabel("fraction of tasks")
     ax.set_ylim(-0.02, 1.02)

@@ -19,7 +19,7 @@ from steplab.study.report_data import RunRecord
 
 __all__ = ["function_grid", "trajectory_figure"]
 
-_GRID = 160
+_GRID = 120
 
 
 def _path(record: RunRecord) -> np.ndarray:
@@ -28,8 +28,9 @@ def _path(record: RunRecord) -> np.ndarray:
     return arr[np.all(np.isfinite(arr), axis=1)]
 
 
-def function_grid(task_name: str, xlim: tuple[float, float], ylim: tuple[float, float],
-                  n: int = _GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def function_grid(
+    task_name: str, xlim: tuple[float, float], ylim: tuple[float, float], n: int = _GRID
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate the task's ``f`` on an ``n x n`` grid (vectorised with ``torch.vmap``).
 
     Returns:
@@ -58,11 +59,17 @@ def function_grid(task_name: str, xlim: tuple[float, float], ylim: tuple[float, 
     return gx, gy, values.numpy().reshape(n, n)
 
 
-def _limits(task: Any, paths: Sequence[np.ndarray]) -> tuple[tuple[float, float], tuple[float, float]]:
+def _limits(
+    task: Any, paths: Sequence[np.ndarray]
+) -> tuple[tuple[float, float], tuple[float, float]]:
     anchors = [np.array(task.start, dtype=float)] if hasattr(task, "start") else []
     if hasattr(task, "minimum"):
         anchors.append(np.array(task.minimum, dtype=float))
-    base = np.array(anchors) if anchors else np.concatenate([p[:1] for p in paths if len(p)] or [np.zeros((1, 2))])
+    base = (
+        np.array(anchors)
+        if anchors
+        else np.concatenate([p[:1] for p in paths if len(p)] or [np.zeros((1, 2))])
+    )
     lo, hi = base.min(axis=0), base.max(axis=0)
     pad = np.maximum((hi - lo) * 0.35, 1.0)
     lo, hi = lo - pad, hi + pad
@@ -87,8 +94,15 @@ def trajectory_figure(task_name: str, best_runs: dict[str, RunRecord | None]) ->
         if path is None or len(path) == 0 or run is None:
             continue
         lr = run.config.get("lr")
-        ax.plot(path[:, 0], path[:, 1], color=color_of(i), linewidth=1.3, marker=".",
-                markersize=2, label=f"{opt} (lr {lr:.2g})" if lr else opt)
+        ax.plot(
+            path[:, 0],
+            path[:, 1],
+            color=color_of(i),
+            linewidth=1.3,
+            marker=".",
+            markersize=2,
+            label=f"{opt} (lr {lr:.2g})" if lr else opt,
+        )
         ax.plot(*path[-1], marker="o", color=color_of(i), markersize=5)
     if hasattr(task, "minimum"):
         ax.plot(*task.minimum, marker="*", color="gold", markersize=14, markeredgecolor="k")
@@ -102,15 +116,24 @@ def trajectory_figure(task_name: str, best_runs: dict[str, RunRecord | None]) ->
     return to_data_uri(fig)
 
 
-def best_trajectory_runs(records: Sequence[RunRecord], task: str, optimizers: Sequence[str],
-                         metric: str) -> dict[str, RunRecord | None]:
+def best_trajectory_runs(
+    records: Sequence[RunRecord], task: str, optimizers: Sequence[str], metric: str
+) -> dict[str, RunRecord | None]:
     """For each optimizer, its trajectory run on ``task`` with the smallest final ``metric``."""
     out: dict[str, RunRecord | None] = {}
     for opt in optimizers:
-        runs = [r for r in records if r.group.kind == "trajectory" and r.group.task == task
-                and r.group.optimizer == opt and r.role == "search"]
-        scored = [(float(r.summary.get("metrics", {}).get(metric, math.inf)), i, r)
-                  for i, r in enumerate(runs)]
+        runs = [
+            r
+            for r in records
+            if r.group.kind == "trajectory"
+            and r.group.task == task
+            and r.group.optimizer == opt
+            and r.role == "search"
+        ]
+        scored = [
+            (float(r.summary.get("metrics", {}).get(metric, math.inf)), i, r)
+            for i, r in enumerate(runs)
+        ]
         scored = [s for s in scored if math.isfinite(s[0])]
         out[opt] = min(scored)[2] if scored else None
     return out

@@ -69,7 +69,9 @@ def performance_profiles(
         best = min(values.values())
         for s in optimizers:
             ok = math.isfinite(best) and best > 0 and math.isfinite(values[s])
-            ratios[s][task] = values[s] / best if ok else (1.0 if values[s] == best == 0 else math.inf)
+            ratios[s][task] = (
+                values[s] / best if ok else (1.0 if values[s] == best == 0 else math.inf)
+            )
     rho: dict[str, list[float]] = {}
     scores: dict[str, float] = {}
     for s in optimizers:

@@ -34,8 +34,6 @@ __all__ = [
 
 #: the lr grid every optimizer gets on the 2-D test functions (log-spaced)
 TRAJECTORY_LR_RANGE = (1e-4, 1.0)
-#: lr trials per optimizer on each 2-D test function
-TRAJECTORY_TRIALS = 5
 
 
 @dataclass(frozen=True)
@@ -86,13 +84,21 @@ def check_names(spec: StudySpec) -> None:
 def _base_config(spec: StudySpec, group: Group) -> dict[str, Any]:
     if group.kind == "trajectory":
         return {
-            "task": group.task, "steps": spec.trajectory_steps, "batch_size": None,
-            "eval_every": max(1, spec.trajectory_steps // 10), "monitor": False,
+            "task": group.task,
+            "steps": spec.trajectory_steps,
+            "batch_size": None,
+            "eval_every": max(1, spec.trajectory_steps // 10),
+            "monitor": False,
         }
     return {
-        "task": group.task, "steps": spec.steps, "batch_size": spec.batch_size,
-        "eval_every": spec.eval_every, "schedule": spec.schedule,
-        "warmup_steps": spec.warmup_steps, "data_dir": spec.data_dir, "monitor": False,
+        "task": group.task,
+        "steps": spec.steps,
+        "batch_size": spec.batch_size,
+        "eval_every": spec.eval_every,
+        "schedule": spec.schedule,
+        "warmup_steps": spec.warmup_steps,
+        "data_dir": spec.data_dir,
+        "monitor": False,
     }
 
 
@@ -111,7 +117,7 @@ def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
     inner = parsed.innermost
     if group.kind == "trajectory":
         points: list[dict[str, float]] = [
-            {"lr": lr} for lr in log_grid(*TRAJECTORY_LR_RANGE, TRAJECTORY_TRIALS)
+            {"lr": lr} for lr in log_grid(*TRAJECTORY_LR_RANGE, spec.trajectory_budget)
         ]
     else:
         extra = OPTIMIZERS[inner.name].search_space if spec.search == "halton" else None
@@ -127,7 +133,7 @@ def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
 
 
 def _typed(name: str, value: float, kwargs: Any) -> float | int:
-    return int(round(value)) if isinstance(kwargs.get(name), int) else float(value)
+    return round(value) if isinstance(kwargs.get(name), int) else float(value)
 
 
 def seed_configs(best: dict[str, Any], seeds: int) -> list[dict[str, Any]]:

@@ -164,18 +164,26 @@ def _hits(record: RunRecord, target: TargetInfo) -> tuple[float, float] | None:
     return None if hit is None else (float(hit[0]), hit[1])
 
 
-def _row(task: str, optimizer: str, seeds: list[RunRecord], target: TargetInfo,
-         warning: str | None) -> OptimizerRow:
+def _row(
+    task: str, optimizer: str, seeds: list[RunRecord], target: TargetInfo, warning: str | None
+) -> OptimizerRow:
     summaries = [r.summary for r in seeds]
     finals = [s.get("metrics", {}).get(target.metric, math.nan) for s in summaries]
     bests = [s.get("best_metrics", {}).get(target.metric, math.nan) for s in summaries]
     ok = [s.get("status") in ("completed", "early_stopped") for s in summaries]
     hits = [_hits(r, target) if good else None for r, good in zip(seeds, ok, strict=True)]
-    steps = [h[0] if h else float(r.config.get("steps") or r.summary.get("steps") or math.nan)
-             for h, r in zip(hits, seeds, strict=True)]
+    steps = [
+        h[0] if h else float(r.config.get("steps") or r.summary.get("steps") or math.nan)
+        for h, r in zip(hits, seeds, strict=True)
+    ]
     times = [h[1] if h else math.inf for h in hits]
-    aucs = [loss_auc([row["step"] for row in r.rows if "train_loss" in row],
-                     [row["train_loss"] for row in r.rows if "train_loss" in row]) for r in seeds]
+    aucs = [
+        loss_auc(
+            [row["step"] for row in r.rows if "train_loss" in row],
+            [row["train_loss"] for row in r.rows if "train_loss" in row],
+        )
+        for r in seeds
+    ]
     step_ms = [s["step_time_ms"] for s in summaries if s.get("step_time_ms") is not None]
     first = seeds[0].config if seeds else {}
     from steplab.optim import parse_spec
@@ -183,12 +191,21 @@ def _row(task: str, optimizer: str, seeds: list[RunRecord], target: TargetInfo,
     hyper = dict(parse_spec(first["optimizer"]).innermost.kwargs) if first else {}
     good_finals = [float(f) for f, g in zip(finals, ok, strict=True) if g and math.isfinite(f)]
     return OptimizerRow(
-        task, optimizer, first.get("lr"), hyper, [str(s.get("status")) for s in summaries],
-        good_finals, mean_ci(good_finals),
+        task,
+        optimizer,
+        first.get("lr"),
+        hyper,
+        [str(s.get("status")) for s in summaries],
+        good_finals,
+        mean_ci(good_finals),
         mean_ci([b for b, g in zip(bests, ok, strict=True) if g]),
-        steps, times, sum(h is not None for h in hits),
-        mean_ci(aucs), next((s.get("state_bytes_per_param") for s in summaries), None),
-        statistics.median(step_ms) if step_ms else None, warning,
+        steps,
+        times,
+        sum(h is not None for h in hits),
+        mean_ci(aucs),
+        next((s.get("state_bytes_per_param") for s in summaries), None),
+        statistics.median(step_ms) if step_ms else None,
+        warning,
     )
 
 
@@ -208,23 +225,32 @@ def verdicts(row: OptimizerRow, base: OptimizerRow, target: TargetInfo) -> list[
     if row.reached == 0 and base.reached == 0:
         speed = "neither reaches the target"
     elif row.reached == 0:
-        speed = f"never reaches the target ({base.optimizer} does in {base.reached}/{len(base.steps)} seeds)"
+        n_base = len(base.steps)
+        speed = f"never reaches the target ({base.optimizer} does in {base.reached}/{n_base} seeds)"
     else:
         ci = relative_diff_ci(row.steps, base.steps)
-        speed = (f"reaches the target {_speed_ci(ci)}" if ci.excludes_zero
-                 else f"no significant difference in steps-to-target ({_speed_ci(ci)})")
+        speed = (
+            f"reaches the target {_speed_ci(ci)}"
+            if ci.excludes_zero
+            else f"no significant difference in steps-to-target ({_speed_ci(ci)})"
+        )
     metric = target.metric.replace("_", " ")
     if not row.finals or not base.finals:
         final = f"final {metric}: not comparable (diverged or failed runs)"
     else:
         ci = bootstrap_diff_ci(row.finals, base.finals)
-        diff = f"{ci.mean:+.4g} [95% CI {ci.low:+.4g}, {ci.high:+.4g}]"
-        final = (f"final {metric} {diff}" if ci.excludes_zero
-                 else f"no significant difference in final {metric} ({diff})")
+        diff = f"{ci.mean:+.3g} [95% CI {ci.low:+.3g}, {ci.high:+.3g}]"
+        final = (
+            f"final {metric} {diff}"
+            if ci.excludes_zero
+            else f"no significant difference in final {metric} ({diff})"
+        )
     return [name + speed, name + final]
 
 
-def analyze(spec: StudySpec, records: list[RunRecord], warnings: Mapping[str, str]) -> StudyAnalysis:
+def analyze(
+    spec: StudySpec, records: list[RunRecord], warnings: Mapping[str, str]
+) -> StudyAnalysis:
     """Build the summary table, verdicts and profiles of a study from its runs."""
     targets = {t: target_of(t, spec.data_dir, dict(spec.targets).get(t)) for t in spec.tasks}
     base_of = baselines(spec.optimizers, spec.baseline)
@@ -241,12 +267,16 @@ def analyze(spec: StudySpec, records: list[RunRecord], warnings: Mapping[str, st
                 row.verdicts = verdicts(row, by_opt[base], targets[task])
         rows += by_opt.values()
     failed = [r for r in records if r.summary.get("status") in ("failed", "missing")]
-    notes += [f"run {r.run_id} ({r.group.optimizer} on {r.group.task}): "
-              f"{r.summary.get('error', r.summary.get('status'))}" for r in failed]
+    notes += [
+        f"run {r.run_id} ({r.group.optimizer} on {r.group.task}): "
+        f"{r.summary.get('error', r.summary.get('status'))}"
+        for r in failed
+    ]
     profiles = None
     if len(spec.tasks) > 1:
-        times = {o: {r.task: _median_steps(r) for r in rows if r.optimizer == o}
-                 for o in spec.optimizers}
+        times = {
+            o: {r.task: _median_steps(r) for r in rows if r.optimizer == o} for o in spec.optimizers
+        }
         profiles = performance_profiles(times)
     return StudyAnalysis(records, rows, targets, base_of, profiles, notes)
 
@@ -258,8 +288,18 @@ def _median_steps(row: OptimizerRow) -> float:
     return float(statistics.median(row.steps))
 
 
-TABLE_COLUMNS = ("optimizer", "lr", "status", "final", "best", "steps to target",
-                 "time to target", "loss AUC", "state B/param", "step ms")
+TABLE_COLUMNS = (
+    "optimizer",
+    "lr",
+    "status",
+    "final",
+    "best",
+    "steps to target",
+    "time to target",
+    "loss AUC",
+    "state B/param",
+    "step ms",
+)
 
 
 def _fmt_ci(ci: Interval, digits: int = 4) -> str:
@@ -274,13 +314,15 @@ def table_cells(row: OptimizerRow) -> dict[str, str]:
     """The summary-table cells of ``row`` as text (``TABLE_COLUMNS`` order)."""
     n = len(row.statuses)
     bad = [s for s in row.statuses if s not in ("completed", "early_stopped")]
-    status = "no runs" if n == 0 else f"{n - len(bad)}/{n} ok" + (
-        f" ({', '.join(sorted(set(bad)))})" if bad else "")
+    status = (
+        "no runs"
+        if n == 0
+        else f"{n - len(bad)}/{n} ok" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
+    )
     if not row.finals:
         status = "diverged" if "diverged" in row.statuses or not n else status
     reached = [s for s, t in zip(row.steps, row.times, strict=True) if math.isfinite(t)]
-    steps = ("not reached" if not reached else
-             f"{statistics.mean(reached):.0f} ({row.reached}/{n})")
+    steps = "not reached" if not reached else f"{statistics.mean(reached):.0f} ({row.reached}/{n})"
     times = [t for t in row.times if math.isfinite(t)]
     wall = "not reached" if not times else f"{statistics.mean(times):.2f} s"
     return {

@@ -20,26 +20,34 @@ from steplab.study.plots import (
     steps_to_target_figure,
 )
 from steplab.study.plots_trajectory import best_trajectory_runs, trajectory_figure
-from steplab.study.protocol import TRAJECTORY_LR_RANGE, TRAJECTORY_TRIALS, selection_metric
+from steplab.study.protocol import TRAJECTORY_LR_RANGE, selection_metric
 from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
 from steplab.study.spec import StudySpec
 
 __all__ = ["render_html"]
 
 _CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d232b}
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;
+  background:#f6f7f9;color:#1d232b}
 main{max-width:1120px;margin:0 auto;padding:24px 28px;background:#fff;box-sizing:border-box}
-h1{margin:0 0 4px 0;font-size:26px} h2{margin-top:34px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
-h3{margin-top:22px} .sub{color:#5b6673;margin:0 0 16px 0}
+h1{margin:0 0 4px 0;font-size:26px}
+h2{margin-top:34px;border-bottom:2px solid #e3e6ea;padding-bottom:4px}
+h3{margin-top:22px}
+.sub{color:#5b6673;margin:0 0 16px 0}
 table{border-collapse:collapse;width:100%;font-size:13px;margin:10px 0;table-layout:auto}
-th,td{border-bottom:1px solid #e3e6ea;padding:5px 6px;text-align:right;vertical-align:top;overflow-wrap:anywhere}
-th{background:#f0f2f5;font-weight:600} td:first-child,th:first-child{text-align:left}
+th,td{border-bottom:1px solid #e3e6ea;padding:5px 6px;text-align:right;vertical-align:top;
+  overflow-wrap:anywhere}
+th{background:#f0f2f5;font-weight:600}
+td:first-child,th:first-child{text-align:left}
 .wrap{max-width:100%;overflow-x:auto}
-figure{margin:14px 0;text-align:center} figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figure{margin:14px 0;text-align:center}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{font-size:13px;color:#5b6673;margin-top:4px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px}
-.verdicts li{margin:3px 0} .warn{background:#fff6e0;border-left:4px solid #f0a500;padding:8px 12px}
-code,pre{background:#f0f2f5;border-radius:4px;font-size:13px} pre{padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(460px,100%),1fr));gap:12px}
+.verdicts li{margin:3px 0}
+.warn{background:#fff6e0;border-left:4px solid #f0a500;padding:8px 12px}
+code,pre{background:#f0f2f5;border-radius:4px;font-size:13px}
+pre{padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
 .small{font-size:13px;color:#5b6673}
 """
 
@@ -49,7 +57,8 @@ def _esc(text: object) -> str:
 
 
 def _figure(uri: str, caption: str) -> str:
-    return f'<figure><img src="{uri}" alt="{_esc(caption)}"><figcaption>{_esc(caption)}</figcaption></figure>'
+    label = _esc(caption)
+    return f'<figure><img src="{uri}" alt="{label}"><figcaption>{label}</figcaption></figure>'
 
 
 def _table(analysis: StudyAnalysis, task: str) -> str:
@@ -58,34 +67,62 @@ def _table(analysis: StudyAnalysis, task: str) -> str:
     for row in (r for r in analysis.rows if r.task == task):
         cells = table_cells(row)
         body.append("<tr>" + "".join(f"<td>{_esc(cells[c])}</td>" for c in TABLE_COLUMNS) + "</tr>")
-    return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="wrap">{table}</div>'
 
 
 def _task_section(spec: StudySpec, analysis: StudyAnalysis, task: str) -> str:
     target = analysis.targets[task]
     rows = [r for r in analysis.rows if r.task == task]
-    seeds = {o: [r for r in analysis.records if r.group.kind == "main" and r.group.task == task
-                 and r.group.optimizer == o and r.role == "seed"] for o in spec.optimizers}
-    search = {o: [r for r in analysis.records if r.group.kind == "main" and r.group.task == task
-                  and r.group.optimizer == o and r.role == "search"] for o in spec.optimizers}
-    verdicts = "".join(f"<li><b>{_esc(r.optimizer)}</b> {_esc(v)}</li>" for r in rows for v in r.verdicts)
+    seeds = {
+        o: [
+            r
+            for r in analysis.records
+            if r.group.kind == "main"
+            and r.group.task == task
+            and r.group.optimizer == o
+            and r.role == "seed"
+        ]
+        for o in spec.optimizers
+    }
+    search = {
+        o: [
+            r
+            for r in analysis.records
+            if r.group.kind == "main"
+            and r.group.task == task
+            and r.group.optimizer == o
+            and r.role == "search"
+        ]
+        for o in spec.optimizers
+    }
+    verdicts = "".join(
+        f"<li><b>{_esc(r.optimizer)}</b> {_esc(v)}</li>" for r in rows for v in r.verdicts
+    )
     op = ">=" if target.mode == "max" else "<="
-    return "".join([
-        f"<h2>{_esc(task)}</h2>",
-        f'<p class="sub">Target: <code>{_esc(target.metric)} {op} {target.value:g}</code>. '
-        f"<i>final</i> and <i>best</i> are {_esc(target.metric)}: mean ± half-width of the 95% "
-        f"t-interval over {spec.seeds} seeds of each optimizer's best lr. Steps to target: mean "
-        f"over the seeds that reached it (reached/total).</p>",
-        _table(analysis, task),
-        f'<ul class="verdicts">{verdicts}</ul>' if verdicts else "",
-        _figure(curves_figure(seeds, target.metric, task),
-                "Training loss and test metric against steps and wall time."),
-        '<div class="grid">',
-        _figure(steps_to_target_figure(rows, task), "Steps to target with 95% CIs."),
-        _figure(lr_sensitivity_figure(search, selection_metric(target.metric), task),
-                "Learning-rate sensitivity: the search trials (selection on validation)."),
-        "</div>",
-    ])
+    return "".join(
+        [
+            f"<h2>{_esc(task)}</h2>",
+            f'<p class="sub">Target: <code>{_esc(target.metric)} {op} {target.value:g}</code>. '
+            f"<i>final</i> and <i>best</i> are {_esc(target.metric)}: mean ± half-width of the 95% "
+            f"t-interval over {spec.seeds} seeds of each optimizer's best lr. "
+            "Steps to target: mean "
+            f"over the seeds that reached it (reached/total).</p>",
+            _table(analysis, task),
+            f'<ul class="verdicts">{verdicts}</ul>' if verdicts else "",
+            _figure(
+                curves_figure(seeds, target.metric, task),
+                "Training loss and test metric against steps and wall time.",
+            ),
+            '<div class="grid">',
+            _figure(steps_to_target_figure(rows, task), "Steps to target with 95% CIs."),
+            _figure(
+                lr_sensitivity_figure(search, selection_metric(target.metric), task),
+                "Learning-rate sensitivity: the search trials (selection on validation).",
+            ),
+            "</div>",
+        ]
+    )
 
 
 def _trajectories(spec: StudySpec, analysis: StudyAnalysis) -> str:
@@ -97,52 +134,74 @@ def _trajectories(spec: StudySpec, analysis: StudyAnalysis) -> str:
 
         metric = selection_metric(get_task(task).target.metric)
         best = best_trajectory_runs(analysis.records, task, spec.optimizers, metric)
-        figs.append(_figure(trajectory_figure(task, best), f"{task}: {spec.trajectory_steps} steps"))
+        figs.append(
+            _figure(trajectory_figure(task, best), f"{task}: {spec.trajectory_steps} steps")
+        )
     lo, hi = TRAJECTORY_LR_RANGE
-    return (f"<h2>Paths on 2-D test functions</h2><p class='sub'>Each optimizer at the best of "
-            f"{TRAJECTORY_TRIALS} learning rates log-spaced in [{lo:g}, {hi:g}] (smallest final "
-            f"distance to the minimum). Illustrations, not evidence: do not choose an optimizer "
-            f"from these.</p><div class='grid'>{''.join(figs)}</div>")
+    return (
+        f"<h2>Paths on 2-D test functions</h2><p class='sub'>Each optimizer at the best of "
+        f"{spec.trajectory_budget} learning rates log-spaced in [{lo:g}, {hi:g}] (smallest final "
+        f"distance to the minimum). Illustrations, not evidence: do not choose an optimizer "
+        f"from these.</p><div class='grid'>{''.join(figs)}</div>"
+    )
 
 
 def _protocol(spec: StudySpec) -> str:
+    kind = "log grid over the lr"
+    if spec.search == "halton":
+        kind = "scrambled Halton over the lr and other hyperparameters"
     return (
         "<h2>Protocol</h2><ol>"
         f"<li>Each optimizer is a separate study: {spec.budget} search trials each "
-        f"({'log grid over the lr' if spec.search != 'halton' else 'scrambled Halton over lr and other hyperparameters'}"
-        f", lr in [c/{spec.lr_span:g}, c·{spec.lr_span:g}] around its sensible default c), all at seed 0.</li>"
+        f"({kind}, lr in [c/{spec.lr_span:g}, c·{spec.lr_span:g}] around its sensible "
+        "default c), all at seed 0.</li>"
         "<li>The best trial is chosen on the <b>validation</b> split (final value), never on test; "
         "a warning is shown when it lies on the edge of the range. Diverged runs never win.</li>"
         f"<li>The best setting is run at {spec.seeds} seeds: the search's own seed-0 run is the "
-        f"first (the same run, found by its content address), seeds 1 to {spec.seeds - 1} are new.</li>"
-        "<li>Reported on <b>test</b>: final and best metric (mean, 95% t-interval), steps and wall time "
-        "to the target (first evaluation meeting it), area under the training-loss curve (mean loss), "
+        "first (the same run, found by its content address), "
+        f"seeds 1 to {spec.seeds - 1} are new.</li>"
+        "<li>Reported on <b>test</b>: final and best metric (mean, 95% t-interval), "
+        "steps and wall time to the target (first evaluation meeting it), "
+        "area under the training-loss curve (mean loss), "
         "optimizer state bytes per parameter, median step time.</li>"
-        "<li>Against the baseline (a Lookahead's inner optimizer, else Adam): bootstrap 95% CI (10,000 "
-        "resamples, seeds resampled per optimizer) of the relative difference in steps to target "
+        "<li>Against the baseline (a Lookahead's inner optimizer, else Adam): "
+        "bootstrap 95% CI (10,000 resamples, seeds resampled per optimizer) "
+        "of the relative difference in steps to target "
         "(a seed that never reaches it counts as the full run length) and of the difference in the "
-        "final metric; a CI containing 0 reads \"no significant difference\".</li>"
-        "<li>With several tasks: AlgoPerf performance profiles over steps to target (r_max = 4).</li>"
+        'final metric; a CI containing 0 reads "no significant difference".</li>'
+        "<li>With several tasks: AlgoPerf performance profiles over steps to target "
+        "(r_max = 4).</li>"
         "</ol>"
     )
 
 
-def render_html(spec: StudySpec, analysis: StudyAnalysis, command: str | None,
-                env: dict[str, Any], elapsed: float) -> str:
+def render_html(
+    spec: StudySpec,
+    analysis: StudyAnalysis,
+    command: str | None,
+    env: dict[str, Any],
+    elapsed: float,
+) -> str:
     """The whole report page as one string."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>steplab comparison: {_esc(', '.join(spec.tasks))}</title><style>{_CSS}</style></head><body><main>",
+        f"<title>steplab comparison: {_esc(', '.join(spec.tasks))}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
         "<h1>steplab: optimizer comparison</h1>",
         f"<p class='sub'>{_esc(', '.join(spec.optimizers))} on {_esc(', '.join(spec.tasks))}; "
         f"{spec.budget} lr trials and {spec.seeds} seeds each; generated {now}.</p>",
     ]
     parts += [_task_section(spec, analysis, t) for t in spec.tasks]
     if analysis.profiles is not None:
-        parts.append("<h2>Performance profiles</h2>" + _figure(
-            profiles_figure(analysis.profiles), "Fraction of tasks solved within tau times the fastest."))
+        parts.append(
+            "<h2>Performance profiles</h2>"
+            + _figure(
+                profiles_figure(analysis.profiles),
+                "Fraction of tasks solved within tau times the fastest.",
+            )
+        )
     parts.append(_trajectories(spec, analysis))
     if analysis.warnings:
         items = "".join(f"<li>{_esc(w)}</li>" for w in analysis.warnings)

@@ -66,8 +66,12 @@ def _run_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
         if (rec.run_id, rec.role) in seen:
             continue
         seen.add((rec.run_id, rec.role))
-        row: dict[str, Any] = {"run_id": rec.run_id, "kind": rec.group.kind, "role": rec.role,
-                               "study_optimizer": rec.group.optimizer}
+        row: dict[str, Any] = {
+            "run_id": rec.run_id,
+            "kind": rec.group.kind,
+            "role": rec.role,
+            "study_optimizer": rec.group.optimizer,
+        }
         _flat("config", {k: v for k, v in rec.config.items() if k != "eval_splits"}, row)
         _flat("", {k: v for k, v in rec.summary.items() if k != "layer_grad_norms"}, row)
         rows.append(row)
@@ -87,10 +91,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> str:
     lines = ["# steplab comparison", ""]
     for task, target in analysis.targets.items():
-        lines += [f"## {task}", "",
-                  f"Target: {target.metric} {'>=' if target.mode == 'max' else '<='} "
-                  f"{target.value:g}. `final`/`best` are {target.metric}, mean ± 95% CI "
-                  f"half-width over {spec.seeds} seeds.", ""]
+        lines += [
+            f"## {task}",
+            "",
+            f"Target: {target.metric} {'>=' if target.mode == 'max' else '<='} "
+            f"{target.value:g}. `final`/`best` are {target.metric}, mean ± 95% CI "
+            f"half-width over {spec.seeds} seeds.",
+            "",
+        ]
         lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
         lines.append("|" + "---|" * len(TABLE_COLUMNS))
         rows = [r for r in analysis.rows if r.task == task]
@@ -98,7 +106,9 @@ def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> 
             cells = table_cells(row)
             lines.append("| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |")
         lines += ["", "### Verdicts", ""]
-        lines += [f"- **{r.optimizer}** {v}" for r in rows for v in r.verdicts] or ["- (no baseline)"]
+        lines += [f"- **{r.optimizer}** {v}" for r in rows for v in r.verdicts] or [
+            "- (no baseline)"
+        ]
         lines.append("")
     if analysis.profiles is not None:
         lines += ["## Performance profiles (steps to target)", ""]
@@ -109,32 +119,58 @@ def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> 
     return "\n".join(lines)
 
 
-def _results_json(spec: StudySpec, analysis: StudyAnalysis, command: str | None,
-                  env: dict[str, Any], elapsed: float) -> dict[str, Any]:
+def _results_json(
+    spec: StudySpec,
+    analysis: StudyAnalysis,
+    command: str | None,
+    env: dict[str, Any],
+    elapsed: float,
+) -> dict[str, Any]:
     profiles = analysis.profiles
-    return jsonable({
-        "spec": spec.to_dict(), "spec_hash": spec.spec_hash, "command": command,
-        "environment": env, "report_seconds": elapsed,
-        "targets": {t: v.__dict__ for t, v in analysis.targets.items()},
-        "baselines": analysis.baselines,
-        "table": [r.to_dict() for r in analysis.rows],
-        "warnings": analysis.warnings,
-        "profiles": None if profiles is None else {"scores": profiles.scores,
-                                                   "ratios": profiles.ratios},
-        "runs": [{"run_id": r.run_id, "kind": r.group.kind, "task": r.group.task,
-                  "optimizer": r.group.optimizer, "role": r.role, "config": r.config,
-                  "summary": r.summary} for r in analysis.records],
-    })
+    body: dict[str, Any] = jsonable(
+        {
+            "spec": spec.to_dict(),
+            "spec_hash": spec.spec_hash,
+            "command": command,
+            "environment": env,
+            "report_seconds": elapsed,
+            "targets": {t: v.__dict__ for t, v in analysis.targets.items()},
+            "baselines": analysis.baselines,
+            "table": [r.to_dict() for r in analysis.rows],
+            "warnings": analysis.warnings,
+            "profiles": None
+            if profiles is None
+            else {"scores": profiles.scores, "ratios": profiles.ratios},
+            "runs": [
+                {
+                    "run_id": r.run_id,
+                    "kind": r.group.kind,
+                    "task": r.group.task,
+                    "optimizer": r.group.optimizer,
+                    "role": r.role,
+                    "config": r.config,
+                    "summary": r.summary,
+                }
+                for r in analysis.records
+            ],
+        }
+    )
+    return body
 
 
-def write_reports(out: Path, spec: StudySpec, analysis: StudyAnalysis, command: str | None,
-                  elapsed: float) -> dict[str, Path]:
+def write_reports(
+    out: Path, spec: StudySpec, analysis: StudyAnalysis, command: str | None, elapsed: float
+) -> dict[str, Path]:
     """Write the four report files into ``out``; returns their paths by kind."""
     from steplab.study.report_html import render_html
 
     env = environment()
-    paths = {"html": out / "report.html", "md": out / "report.md",
-             "csv": out / "results.csv", "json": out / "results.json"}
+    paths = {
+        "html": out / "report.html",
+        "md": out / "report.md",
+        "csv": out / "results.csv",
+        "json": out / "results.json",
+    }
     paths["md"].write_text(_markdown(spec, analysis, command))
     _write_csv(paths["csv"], _run_rows(analysis))
     body = _results_json(spec, analysis, command, env, elapsed)

@@ -31,10 +31,11 @@ import difflib
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from steplab.errors import SpecError
 
@@ -89,6 +90,8 @@ class StudySpec:
         eval_every: steps between evaluations (None: 10 per run).
         trajectories: 2-D test functions to draw optimizer paths on (may be empty).
         trajectory_steps: steps of each trajectory run.
+        trajectory_budget: learning rates tried per optimizer on each 2-D function
+            (log grid over ``[1e-4, 1]``, shared by every optimizer).
         targets: ``(task, value)`` pairs replacing a task's own target value
             (its metric and direction stay); a TOML table ``{task = value}``.
         data_dir: where tasks read or cache their data (None: their default).
@@ -111,6 +114,7 @@ class StudySpec:
     eval_every: int | None = None
     trajectories: tuple[str, ...] = DEFAULT_TRAJECTORY_TASKS
     trajectory_steps: int = 300
+    trajectory_budget: int = 5
     targets: tuple[tuple[str, float], ...] = ()
     data_dir: str | None = None
 
@@ -126,6 +130,7 @@ class StudySpec:
         _check_int("seeds", self.seeds, 1)
         _check_int("budget", self.budget, 1)
         _check_int("trajectory_steps", self.trajectory_steps, 1)
+        _check_int("trajectory_budget", self.trajectory_budget, 1)
         _check_int("warmup_steps", self.warmup_steps, 0)
         for name in ("steps", "batch_size", "eval_every"):
             if getattr(self, name) is not None:
@@ -139,7 +144,9 @@ class StudySpec:
         object.__setattr__(self, "targets", _target_pairs(self.targets))
         for task, _ in self.targets:
             if task not in self.tasks:
-                raise SpecError(f"targets: got task {task!r}, expected one of tasks {list(self.tasks)}")
+                raise SpecError(
+                    f"targets: got task {task!r}, expected one of tasks {list(self.tasks)}"
+                )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise SpecError(f"optimizers: got duplicates in {list(self.optimizers)}")
 
@@ -162,8 +169,9 @@ class StudySpec:
                 raise SpecError(
                     f"{key}: unknown study field{extra}; expected one of {sorted(known)}"
                 )
-        kwargs = {k: tuple(v) if isinstance(v, list) and k != "targets" else v
-                  for k, v in data.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) and k != "targets" else v for k, v in data.items()
+        }
         return cls(**kwargs)
 
     @property
@@ -193,10 +201,10 @@ class StudySpec:
         return dataclasses.replace(self, **changes)
 
 
-def _target_pairs(value: object) -> tuple[tuple[str, float], ...]:
+def _target_pairs(value: Any) -> tuple[tuple[str, float], ...]:
     items = value.items() if isinstance(value, dict) else value
     try:
-        pairs = tuple((str(k), float(v)) for k, v in items)  # type: ignore[union-attr]
+        pairs = tuple((str(k), float(v)) for k, v in items)
     except (TypeError, ValueError) as exc:
         raise SpecError(f"targets: got {value!r}, expected a table task = value") from exc
     if not all(math.isfinite(v) for _, v in pairs):
@@ -219,34 +227,50 @@ def default_study_spec() -> StudySpec:
     """The study ``steplab compare`` runs with no arguments.
 
     MNIST-1D CNN; SGD, momentum, Nesterov, RMSprop, Adam, AdamW, Lookahead(SGD)
-    and Lookahead(Adam); 5 learning rates each, log-spaced over ``c/30 .. 30c``
-    around each rule's sensible default ``c``; 3 seeds; 600 steps of batch 64;
-    target test accuracy 0.80 (the task's own 0.90 takes thousands of steps);
-    paths on Rosenbrock, Rastrigin and Beale. Sized to finish in about 5
-    minutes on 2 CPU cores (measured figures in ``docs/compare.md``).
+    and Lookahead(Adam); 5 learning rates each, one per decade over
+    ``c/100 .. 100c`` around each rule's sensible default ``c``; 3 seeds; 600
+    steps of batch 64, evaluated every 50; target test accuracy 0.80 (the
+    task's own 0.90 takes thousands of steps); paths on Rosenbrock, Rastrigin
+    and Beale (4 lrs, 200 steps). Sized to finish in about 5 minutes on 2 CPU
+    cores (measured figures in ``docs/compare.md``).
 
     >>> default_study_spec().seeds
     3
     """
     return StudySpec(
-        steps=600, budget=5, seeds=3, batch_size=64, lr_span=30.0, eval_every=50,
-        targets=(("mnist1d-cnn", 0.80),), trajectory_steps=300,
+        steps=600,
+        budget=5,
+        seeds=3,
+        batch_size=64,
+        lr_span=100.0,
+        eval_every=50,
+        targets=(("mnist1d-cnn", 0.80),),
+        trajectory_steps=200,
+        trajectory_budget=4,
     )
 
 
 def quick_study_spec() -> StudySpec:
     """The ``--quick`` preset: about a minute on 2 CPU cores.
 
-    SGD, Adam and Lookahead(Adam) on MNIST-1D, 3 lr trials, 2 seeds, 300-step
-    runs, target test accuracy 0.70, Rosenbrock paths only.
+    SGD, Adam and Lookahead(Adam) on MNIST-1D, 3 lr trials (``c/30, c, 30c``),
+    2 seeds, 300-step runs, target test accuracy 0.70, Rosenbrock paths only.
 
     >>> quick_study_spec().optimizers
     ('sgd', 'adam', 'lookahead(adam)')
     """
     return StudySpec(
-        optimizers=("sgd", "adam", "lookahead(adam)"), seeds=2, budget=3, steps=300,
-        batch_size=64, lr_span=30.0, eval_every=30, targets=(("mnist1d-cnn", 0.70),),
-        trajectories=("rosenbrock",), trajectory_steps=200,
+        optimizers=("sgd", "adam", "lookahead(adam)"),
+        seeds=2,
+        budget=3,
+        steps=300,
+        batch_size=64,
+        lr_span=30.0,
+        eval_every=30,
+        targets=(("mnist1d-cnn", 0.70),),
+        trajectories=("rosenbrock",),
+        trajectory_steps=200,
+        trajectory_budget=4,
     )
 
 
@@ -301,7 +325,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SpecError(f"spec: cannot read {str(path)!r} ({reason}); expected a TOML file") from exc
+        raise SpecError(
+            f"spec: cannot read {str(path)!r} ({reason}); expected a TOML file"
+        ) from exc
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -66,8 +66,10 @@ def _betacf(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 300):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + num / c
@@ -82,7 +84,9 @@ def _t_cdf(t: float, df: int) -> float:
     """CDF of Student's t: ``1 - I_x(df/2, 1/2) / 2`` with ``x = df / (df + t^2)`` for t >= 0."""
     x = df / (df + t * t)
     a, b = df / 2.0, 0.5
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x < (a + 1.0) / (a + b + 2.0):
         ibeta = math.exp(log_front) * _betacf(a, b, x) / a
     else:
@@ -92,7 +96,10 @@ def _t_cdf(t: float, df: int) -> float:
 
 
 def t_quantile(p: float, df: int) -> float:
-    """Quantile ``p`` (in (0, 1)) of Student's t with ``df`` degrees of freedom (bisection on the CDF).
+    """Quantile ``p`` (in (0, 1)) of Student's t with ``df`` degrees of freedom.
+
+    Found by bisection on the CDF, which is computed from the regularised
+    incomplete beta function (continued fraction, as in Numerical Recipes 6.4).
 
     >>> round(t_quantile(0.975, 2), 3), round(t_quantile(0.975, 30), 3)
     (4.303, 2.042)

@@ -122,7 +122,8 @@ class FunctionTask:
         self.default_lr: float | None = default_lr
         self.default_steps = default_steps
         self.description = (
-            f"{fn.__name__.capitalize()} 2-D test function from {start}, minimum at {minimum}"
+            f"{fn.__name__.capitalize()} 2-D function, start ({start[0]:g}, {start[1]:g}), "
+            f"minimum ({minimum[0]:g}, {minimum[1]:g})"
         )
 
     def load_data(self, data_dir: str | None = None) -> TaskData:

@@ -188,7 +188,7 @@ class Mnist1dTask(ClassificationTask):
         builders = {"logreg": "logistic regression", "mlp": "MLP", "cnn": "CNN"}
         self.model_kind = model
         self.name = f"mnist1d-{model}"
-        self.description = f"MNIST-1D (Greydanus 2020), {builders[model]} as in the paper"
+        self.description = f"MNIST-1D (Greydanus 2020), the paper's {builders[model]}"
         self.default_steps, self.default_batch_size, self.default_lr = defaults
         self.target = target
 
@@ -218,6 +218,6 @@ class Mnist1dTask(ClassificationTask):
 #: lr 0.02 in 1500 steps, where the trainer's setting stays near 91% even after 8000.
 MNIST1D_TASKS: dict[str, tuple[tuple[int, int, float], Target]] = {
     "logreg": ((1000, 100, 1e-2), Target("test_accuracy", 0.30, "max")),
-    "mlp": ((2000, 100, 1e-2), Target("test_accuracy", 0.64, "max")),
+    "mlp": ((2000, 100, 1e-2), Target("test_accuracy", 0.62, "max")),
     "cnn": ((1500, 200, 2e-2), Target("test_accuracy", 0.90, "max")),
 }

@@ -140,8 +140,11 @@ class TrainConfig:
 
     def _check_numbers(self) -> None:
         _check_positive("lr", self.lr)
-        if self.batch_size != "full":
-            _check_positive("batch_size", self.batch_size, integer=True)  # type: ignore[arg-type]
+        if self.batch_size != "full" and self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+        ):
+            raise _bad("batch_size", self.batch_size, "an integer >= 1 or 'full'")
         _check_positive("steps", self.steps, integer=True)
         _check_positive("epochs", self.epochs)
         if self.steps is not None and self.epochs is not None:

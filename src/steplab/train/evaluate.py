@@ -82,8 +82,8 @@ class EvalBook:
                 continue
             if old is None or (value < old if metric_mode(name) == "min" else value > old):
                 self.best[name] = value
-        value = metrics.get(self.target.metric)
-        if self.target_step is None and value is not None and self.target.met_by(value):
+        reached = metrics.get(self.target.metric)
+        if self.target_step is None and reached is not None and self.target.met_by(reached):
             self.target_step, self.target_time = step, wall_time
 
     def state_dict(self) -> dict[str, Any]:

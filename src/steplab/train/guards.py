@@ -40,7 +40,8 @@ def grad_total_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     norms = torch._foreach_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    total: torch.Tensor = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    return total
 
 
 @dataclass

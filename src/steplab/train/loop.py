@@ -29,6 +29,7 @@ from steplab.train.config import TrainConfig
 from steplab.train.evaluate import EvalBook, evaluate
 from steplab.train.guards import DivergenceWatch, EarlyStopper, grad_total_norm
 from steplab.train.monitor import UpdateProbe, layer_grad_norms
+from steplab.train.output import to_json_value
 from steplab.train.progress import NoProgress, ProgressBar
 from steplab.train.session import Session, prepare
 from steplab.train.summary import build_summary
@@ -74,7 +75,6 @@ class _Loop:
         self.stats: dict[str, Any] = {}
         self.reason: str | None = None
         self.report_error: Exception | None = None
-        self.show_progress = progress
         self.ckpt = (
             checkpoint.Checkpointer(s.run_dir.checkpoints, every=cfg.checkpoint_every)
             if s.run_dir is not None and cfg.checkpoint_every else None
@@ -88,11 +88,15 @@ class _Loop:
         return self.base_time + time.perf_counter() - self.clock - self.eval_time
 
     def extra(self) -> dict[str, Any]:
-        return {"data": self.batches.state_dict(), "watch": self.watch.state_dict(),
-                "stopper": self.stopper.state_dict() if self.stopper else None,
-                "book": self.book.state_dict(), "train_time": self.train_time(),
-                "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-                "train_loss": self.train_loss, "run_id": self.cfg.run_id}
+        """Everything besides tensors that resuming needs, as JSON values (NaN as None)."""
+        state: dict[str, Any] = to_json_value({
+            "data": self.batches.state_dict(), "watch": self.watch.state_dict(),
+            "stopper": self.stopper.state_dict() if self.stopper else None,
+            "book": self.book.state_dict(), "train_time": self.train_time(),
+            "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "train_loss": self.train_loss, "run_id": self.cfg.run_id,
+        })
+        return state
 
     def restore(self) -> None:
         """Continue from the latest checkpoint when there is one; open ``metrics.jsonl``."""
@@ -144,10 +148,10 @@ class _Loop:
         """Backward, check the gradients are finite, clip, step the optimizer."""
         s, cfg, scaler = self.s, self.cfg, self.s.scaler
         if scaler is not None:
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             scaler.unscale_(s.optimizer)
         else:
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
         if cfg.clip_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.clip_norm, foreach=True)
         else:

@@ -13,6 +13,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def _to_device(data: TaskData, device: torch.device) -> TaskData:
 
 def _build_optimizer(config: TrainConfig, task: Task, model: nn.Module) -> torch.optim.Optimizer:
     spec = parse_spec(config.optimizer)
-    overrides: dict[str, float] = {}
+    overrides: dict[str, Any] = {}
     if config.lr is not None:
         overrides["lr"] = config.lr
     elif "lr" not in spec.innermost.kwargs and task.default_lr is not None:

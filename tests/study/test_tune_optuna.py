@@ -1,4 +1,4 @@
-"""steplab.study.tune on Optuna with a real SQLite storage: results, resume after SIGKILL, failures."""
+"""steplab.study.tune on Optuna with real SQLite: results, resume after SIGKILL, failures."""
 
 from __future__ import annotations
 
@@ -29,10 +29,19 @@ def _study(out: Path, name: str) -> optuna.Study:
 
 
 def test_tiny_study_writes_best_spec_json_and_plots(tmp_path: Path) -> None:
-    res = tune("beale", "adam", trials=4, steps=30, space="lr=log(1e-3, 0.3)", pruner="none",
-               out_dir=tmp_path)
+    res = tune(
+        "beale",
+        "adam",
+        trials=4,
+        steps=30,
+        space="lr=log(1e-3, 0.3)",
+        pruner="none",
+        out_dir=tmp_path,
+    )
     assert isinstance(res, TuneResult)
-    assert res.counts["complete"] == 4 and res.metric == "val_distance" and res.direction == "minimize"
+    assert (
+        res.counts["complete"] == 4 and res.metric == "val_distance" and res.direction == "minimize"
+    )
     saved = json.loads((tmp_path / "best.json").read_text())
     assert saved["best_spec"] == res.best_spec and saved["best_value"] == res.best_value
     assert (tmp_path / "history.png").stat().st_size > 1000
@@ -40,9 +49,17 @@ def test_tiny_study_writes_best_spec_json_and_plots(tmp_path: Path) -> None:
     # the best spec is what train accepts, and training it reproduces the best value
     assert res.best_spec is not None
     assert parse_spec(res.best_spec).kwargs["lr"] == res.best_params["lr"]
-    cfg = TrainConfig(task="beale", optimizer=res.best_spec, steps=30, eval_every=3,
-                      eval_splits=("val",), monitor=False)
-    assert fit(cfg, progress=False).summary["metrics"]["val_distance"] == pytest.approx(res.best_value)
+    cfg = TrainConfig(
+        task="beale",
+        optimizer=res.best_spec,
+        steps=30,
+        eval_every=3,
+        eval_splits=("val",),
+        monitor=False,
+    )
+    assert fit(cfg, progress=False).summary["metrics"]["val_distance"] == pytest.approx(
+        res.best_value
+    )
     # every trial is a row in the SQLite file, with its spec and status
     trials = _study(tmp_path, res.study_name).trials
     assert {t.user_attrs["status"] for t in trials} == {"completed"}
@@ -50,8 +67,15 @@ def test_tiny_study_writes_best_spec_json_and_plots(tmp_path: Path) -> None:
 
 
 def test_diverged_trials_are_recorded_as_failed_and_counted(tmp_path: Path) -> None:
-    res = tune("rosenbrock", "sgd", trials=3, steps=30, space="lr=log(0.5, 2)", pruner="none",
-               out_dir=tmp_path)
+    res = tune(
+        "rosenbrock",
+        "sgd",
+        trials=3,
+        steps=30,
+        space="lr=log(0.5, 2)",
+        pruner="none",
+        out_dir=tmp_path,
+    )
     study = _study(tmp_path, res.study_name)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert {t.user_attrs["status"] for t in study.trials} == {"diverged"}
@@ -60,8 +84,15 @@ def test_diverged_trials_are_recorded_as_failed_and_counted(tmp_path: Path) -> N
 
 
 def test_median_pruner_prunes_and_fit_records_pruned(tmp_path: Path) -> None:
-    res = tune("beale", "adam", trials=12, steps=40, space="lr=log(1e-5, 0.3)", pruner="median",
-               out_dir=tmp_path)
+    res = tune(
+        "beale",
+        "adam",
+        trials=12,
+        steps=40,
+        space="lr=log(1e-5, 0.3)",
+        pruner="median",
+        out_dir=tmp_path,
+    )
     study = _study(tmp_path, res.study_name)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned, "expected the median pruner to stop at least one slow trial"
@@ -82,15 +113,20 @@ _WORKER = textwrap.dedent(
 
 
 def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             time.sleep(0.3)
             if not (tmp_path / "study.db").exists():
                 continue
-            states = [t.state for t in _study(tmp_path, "crash").trials] if _has_study(tmp_path) else []
+            states = (
+                [t.state for t in _study(tmp_path, "crash").trials] if _has_study(tmp_path) else []
+            )
             if states.count(TrialState.COMPLETE) >= 2 and states[-1] == TrialState.RUNNING:
                 break
         os.kill(proc.pid, signal.SIGKILL)
@@ -99,15 +135,31 @@ def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> No
     before = _study(tmp_path, "crash").trials
     done = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     assert 2 <= len(done) < 8
-    res = tune("beale", "adam", trials=8, steps=300, space="lr=log(1e-3, 0.3)", pruner="none",
-               out_dir=tmp_path, study_name="crash")
+    res = tune(
+        "beale",
+        "adam",
+        trials=8,
+        steps=300,
+        space="lr=log(1e-3, 0.3)",
+        pruner="none",
+        out_dir=tmp_path,
+        study_name="crash",
+    )
     after = _study(tmp_path, "crash").trials
     assert counted_trials(_study(tmp_path, "crash")) == 8
     assert {t.number: t.value for t in after if t.number in done} == done  # kept, not re-run
     assert res.counts["complete"] == 8
     # running it again does nothing: the budget is met
-    again = tune("beale", "adam", trials=8, steps=300, space="lr=log(1e-3, 0.3)", pruner="none",
-                 out_dir=tmp_path, study_name="crash")
+    again = tune(
+        "beale",
+        "adam",
+        trials=8,
+        steps=300,
+        space="lr=log(1e-3, 0.3)",
+        pruner="none",
+        out_dir=tmp_path,
+        study_name="crash",
+    )
     assert len(_study(tmp_path, "crash").trials) == len(after) and again.best_spec == res.best_spec
 
 
@@ -120,8 +172,16 @@ def _has_study(out: Path) -> bool:
 
 
 def test_two_worker_processes_share_the_sqlite_study(tmp_path: Path) -> None:
-    res = tune("beale", "adam", trials=4, steps=30, space="lr=log(1e-3, 0.3)", pruner="none",
-               workers=2, out_dir=tmp_path)
+    res = tune(
+        "beale",
+        "adam",
+        trials=4,
+        steps=30,
+        space="lr=log(1e-3, 0.3)",
+        pruner="none",
+        workers=2,
+        out_dir=tmp_path,
+    )
     study = _study(tmp_path, res.study_name)
     assert 4 <= res.counts["complete"] <= 5  # a worker may finish the trial in flight
     assert len({t.params["lr"] for t in study.trials}) == len(study.trials)  # no duplicates
@@ -134,7 +194,10 @@ def test_two_worker_processes_share_the_sqlite_study(tmp_path: Path) -> None:
         ({"space": "lr=log(1e-5"}, "^space: cannot read"),
         ({"space": "momentum=(0.8, 0.99)"}, "^space: 'momentum' is not a hyperparameter of adam"),
         ({"space": "lr=log(1, 1e-5)"}, "^space: lr bounds .* wrong order"),
-        ({"storage": "postgresql://127.0.0.1:1/x"}, "^storage: cannot open 'postgresql://127.0.0.1:1/x'"),
+        (
+            {"storage": "postgresql://127.0.0.1:1/x"},
+            "^storage: cannot open 'postgresql://127.0.0.1:1/x'",
+        ),
         ({"storage": "sqlite:////nonexistent-dir/sub/study.db"}, "^storage: cannot open"),
         ({"pruner": "asha"}, "^pruner: got 'asha'"),
         ({"backend": "dask"}, "^backend: got 'dask'"),
@@ -143,8 +206,17 @@ def test_two_worker_processes_share_the_sqlite_study(tmp_path: Path) -> None:
         ({"steps": 0}, "steps"),
     ],
 )
-def test_bad_input_raises_spec_error_before_training(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
-    args = {"task": "beale", "optimizer": "adam", "trials": 2, "steps": 20, "out_dir": tmp_path, **kwargs}
+def test_bad_input_raises_spec_error_before_training(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    args = {
+        "task": "beale",
+        "optimizer": "adam",
+        "trials": 2,
+        "steps": 20,
+        "out_dir": tmp_path,
+        **kwargs,
+    }
     with pytest.raises(SpecError, match=message) as info:
         tune(**args)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)

@@ -1,0 +1,136 @@
+"""Overhead of ``steplab.train.fit`` against a minimal hand-written PyTorch loop.
+
+Both train ``mnist1d-cnn`` with Adam (fused, lr 1e-3, batch 100) for the same
+number of steps, shuffle with a seeded ``torch.Generator`` each epoch, log the
+loss every 100 steps to a JSON-lines file, checkpoint every 500 steps and
+evaluate once at the end. ``fit`` additionally checks every step for
+non-finite loss and gradients, steps an LR scheduler, records gradient norms
+and update ratios at log steps, and writes steplab's checkpoint format
+(safetensors + manifest, fsynced). Runs are interleaved (hand, fit, hand,
+fit, ...) and each side's median wall time is reported; target: fit <= 1.05x.
+
+Then prints steps/s of ``fit`` on every built-in task (``mnist``/``cifar10``
+only when their files are under ``--data-dir``).
+
+Usage: ``python benchmarks/train_overhead.py [--quick] [--threads N] [--data-dir DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from steplab.errors import SpecError
+from steplab.tasks import get_task, list_tasks
+from steplab.train import TrainConfig, fit
+
+TASK, LR, BATCH, LOG_EVERY, CKPT_EVERY = "mnist1d-cnn", 1e-3, 100, 100, 500
+
+
+def hand_loop(steps: int, out: Path, seed: int = 0) -> float:
+    """A minimal PyTorch loop doing the same work as fit's essentials; returns wall seconds."""
+    t0 = time.perf_counter()
+    task = get_task(TASK)
+    data = task.load_data()
+    model = task.build_model(torch.Generator().manual_seed(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(data.x_train)
+    per_epoch = n // BATCH
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "metrics.jsonl", "a")  # noqa: SIM115
+    perm = torch.randperm(n, generator=gen)
+    for step in range(1, steps + 1):
+        pos = (step - 1) % per_epoch
+        if pos == 0 and step > 1:
+            perm = torch.randperm(n, generator=gen)
+        idx = perm[pos * BATCH : (pos + 1) * BATCH]
+        loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % LOG_EVERY == 0:
+            log.write(json.dumps({"step": step, "train_loss": loss.item()}) + "\n")
+            log.flush()
+        if step % CKPT_EVERY == 0:
+            tmp = out / "ckpt.pt.tmp"
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+            os.replace(tmp, out / "ckpt.pt")
+    task.metrics(model, data.x_test, data.y_test)
+    log.close()
+    return time.perf_counter() - t0
+
+
+def fit_run(steps: int, out: Path, seed: int = 0) -> float:
+    """``fit`` on the same work; returns wall seconds of the whole call."""
+    cfg = TrainConfig(task=TASK, optimizer="adam", lr=LR, batch_size=BATCH, steps=steps,
+                      log_every=LOG_EVERY, checkpoint_every=CKPT_EVERY, eval_every=steps,
+                      eval_splits=("test",), seed=seed)
+    t0 = time.perf_counter()
+    fit(cfg, out, progress=False)
+    return time.perf_counter() - t0
+
+
+def overhead(steps: int, repeats: int, console: Console) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        hand_loop(50, Path(tmp) / "warm-h")  # warm caches, imports, kernels
+        fit_run(50, Path(tmp) / "warm-f")
+        hand, ours = [], []
+        for i in range(repeats):
+            hand.append(hand_loop(steps, Path(tmp) / f"h{i}"))
+            ours.append(fit_run(steps, Path(tmp) / f"f{i}"))
+    h, f = statistics.median(hand), statistics.median(ours)
+    table = Table(title=f"fit() vs hand-written loop: {TASK}, {steps} steps, median of {repeats}")
+    for col in ("loop", "median s", "steps/s", "ratio vs hand", "all runs s"):
+        table.add_column(col, justify="right" if col != "loop" else "left")
+    for name, med, runs in (("hand-written", h, hand), ("steplab fit", f, ours)):
+        table.add_row(name, f"{med:.3f}", f"{steps / med:.0f}", f"{med / h:.3f}x",
+                      " ".join(f"{r:.2f}" for r in runs))
+    console.print(table)
+    console.print(f"target: fit <= 1.05x the hand-written loop; measured {f / h:.3f}x")
+
+
+def per_task(steps: int, data_dir: str | None, console: Console) -> None:
+    table = Table(title=f"fit() steps/s per built-in task ({steps} steps, default batch)")
+    for col in ("task", "batch", "steps/s", "step ms (median)"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    for name in list_tasks():
+        try:
+            task = get_task(name, data_dir)
+            task.load_data(data_dir)
+        except SpecError:
+            table.add_row(name, "-", "skipped (no data files)", "-")
+            continue
+        cfg = TrainConfig(task=name, steps=steps, data_dir=data_dir, eval_every=steps,
+                          eval_splits=("test",))
+        s = fit(cfg, progress=False).summary
+        table.add_row(name, str(task.default_batch_size), f"{s['steps_per_s']:.0f}",
+                      f"{s['step_time_ms']:.2f}")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="300 steps, 3 repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--data-dir", default=None, help="where mnist/cifar10 files are")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console()
+    console.print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    steps, repeats = (300, 3) if args.quick else (1500, 5)
+    overhead(steps, repeats, console)
+    per_task(50 if args.quick else 200, args.data_dir, console)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Carry optimizer state to a changed model, for fine-tuning.
+
+Policies:
+
+- ``"keep"``: everything the saved state holds for a parameter, step counts
+  included, as if training had never stopped.
+- ``"reset"``: nothing; the optimizer stays fresh (what most fine-tuning
+  scripts do by rebuilding the optimizer).
+- ``"keep-second-moment"``: keep the squared-gradient statistics
+  (``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``), zero the first
+  moments (``exp_avg``, ``grad_avg``) and drop momentum buffers (so SGD starts
+  its momentum from the first new gradient, exactly as a fresh SGD does).
+
+What ``keep-second-moment`` does with the step count, and why: torch keeps one
+``step`` per parameter and uses it for both bias corrections,
+``m_hat = m / (1 - beta1^t)`` and ``v_hat = v / (1 - beta2^t)``. Restarting it
+at ``t = 0`` with ``v`` kept would divide the kept, already unbiased ``v`` by
+``1 - beta2`` at the first new step (1000x for beta2 = 0.999), shrinking the
+steps about 30x for hundreds of steps. So the step count is **kept**: ``v``
+stays correctly scaled, and the first moment restarts from zero with a
+correction near 1, so ``m_hat`` after ``n`` new steps is about
+``(1 - beta1^n)`` times the mean gradient: a short ramp over roughly
+``1 / (1 - beta1)`` steps (10 for beta1 = 0.9) that acts as a built-in warmup.
+A Lookahead's slow weights restart at the current parameters and its step
+counter at 0.
+
+Group hyperparameters always stay the current optimizer's (the fine-tuning
+run sets its own learning rate). ``rename`` maps old name prefixes to new
+ones (plain string prefixes, longest first).
+
+>>> import torch
+>>> from torch import nn
+>>> old = nn.Sequential(nn.Linear(2, 2)); old_opt = torch.optim.Adam(old.parameters())
+>>> old(torch.ones(1, 2)).sum().backward(); old_opt.step()
+>>> from steplab.state import named_state_dict
+>>> saved = named_state_dict(old_opt, old)
+>>> new = nn.Sequential(); new.add_module("encoder", nn.Linear(2, 2))
+>>> new.add_module("head", nn.Linear(2, 1))
+>>> report = transfer(saved, torch.optim.Adam(new.parameters()), new, rename={"0.": "encoder."})
+>>> report.carried, report.fresh
+(('encoder.weight', 'encoder.bias'), ('head.weight', 'head.bias'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from steplab.errors import SpecError
+from steplab.state.inspection import FIRST_MOMENT
+from steplab.state.named import check_named_state_dict, load_named_state_dict
+from steplab.state.names import inner_of, is_lookahead, named_parameters
+
+__all__ = ["POLICIES", "TransferReport", "transfer"]
+
+Policy = Literal["keep", "reset", "keep-second-moment"]
+#: the transfer policies, in order of how much state they carry
+POLICIES: tuple[str, ...] = ("keep", "keep-second-moment", "reset")
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """What :func:`transfer` carried over.
+
+    Attributes:
+        policy: the policy applied.
+        carried: current parameter names that received saved state.
+        renamed: saved name -> current name, for names ``rename`` changed.
+        dropped: saved names with no place in the model (gone or shape changed).
+        fresh: current names that start with fresh state.
+    """
+
+    policy: str
+    carried: tuple[str, ...]
+    renamed: dict[str, str] = field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
+    fresh: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"policy": self.policy, "carried": list(self.carried), "renamed": self.renamed,
+                "dropped": list(self.dropped), "fresh": list(self.fresh)}
+
+
+def _new_name(name: str, rules: list[tuple[str, str]]) -> str:
+    for old, new in rules:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
+def _renamed(state: Mapping[str, Any], rename: Mapping[str, str]) -> tuple[dict[str, Any],
+                                                                          dict[str, str]]:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
+        raise SpecError(f"rename: got {dict(rename)!r}, expected a dict of str prefixes -> str")
+    rules = sorted(rename.items(), key=lambda kv: -len(kv[0]))
+    names = set(state.get("param_shapes", {})) | set(state.get("state", {}))
+    mapping = {n: _new_name(n, rules) for n in names}
+    out = dict(state)
+    out["state"] = {mapping[n]: v for n, v in state["state"].items()}
+    out["param_shapes"] = {mapping.get(n, n): v for n, v in state["param_shapes"].items()}
+    out["param_groups"] = [{**g, "params": [mapping.get(n, n) for n in g["params"]]}
+                           for g in state["param_groups"]]
+    if isinstance(state.get("lookahead"), Mapping):
+        slow = state["lookahead"].get("slow", {})
+        out["lookahead"] = {**state["lookahead"], "slow": {mapping.get(n, n): v
+                                                          for n, v in slow.items()}}
+    return out, {old: new for old, new in mapping.items() if old != new}
+
+
+def _restart_first_moments(optimizer: torch.optim.Optimizer, model: nn.Module,
+                           names: tuple[str, ...]) -> None:
+    params = named_parameters(model)
+    inner = inner_of(optimizer)
+    with torch.no_grad():
+        for name in names:
+            buffers = inner.state.get(params[name], {})
+            buffers.pop("momentum_buffer", None)  # None is how torch's SGD marks a fresh buffer
+            for key in FIRST_MOMENT & set(buffers):
+                buffers[key].zero_()
+        if is_lookahead(optimizer):
+            for param, slow in optimizer.slow_state.items():  # type: ignore[attr-defined]
+                slow["slow_param"].copy_(param)
+                if "slow_momentum" in slow:
+                    slow["slow_momentum"].zero_()
+            optimizer.la_step = 0  # type: ignore[attr-defined]
+
+
+def transfer(state: Mapping[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module,
+             policy: Policy = "keep", rename: Mapping[str, str] | None = None) -> TransferReport:
+    """Load saved optimizer state into the optimizer of a changed model.
+
+    Args:
+        state: a named state dict (:func:`steplab.state.named_state_dict`, or the
+            ``"optimizer"`` of a checkpoint).
+        optimizer: the new model's optimizer (its hyperparameters are kept).
+        model: the new model.
+        policy: ``"keep"``, ``"reset"`` or ``"keep-second-moment"`` (module docstring).
+        rename: old name prefix -> new name prefix, for renamed layers.
+
+    Returns:
+        A :class:`TransferReport`.
+
+    Raises:
+        SpecError: for an unknown policy or a malformed ``rename``.
+        CheckpointError: if ``state`` is not a named state dict.
+    """
+    if policy not in POLICIES:
+        raise SpecError(f"policy: got {policy!r}, expected one of {', '.join(POLICIES)}")
+    state, renamed = _renamed(state, rename or {})
+    loadable, missing, unexpected, mismatched, _ = check_named_state_dict(
+        optimizer, model, state, strict=False)
+    saved_mismatched = tuple(n for n in state["param_shapes"] if n in mismatched)
+    if policy == "reset":
+        current = tuple(loadable + missing + mismatched)
+        saved = tuple(n for g in state["param_groups"] for n in g["params"])
+        return TransferReport(policy, (), renamed, saved, current)
+    report = load_named_state_dict(optimizer, model, state, strict=False,
+                                   hyperparameters="current")
+    if policy == "keep-second-moment":
+        _restart_first_moments(optimizer, model, report.loaded)
+    return TransferReport(policy, report.loaded, renamed,
+                          tuple(unexpected) + saved_mismatched,
+                          report.missing + report.shape_mismatched)
