@@ -23,7 +23,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from steplab.optim import FASTEST_IMPLEMENTATION, OPTIMIZERS, create_optimizer
+from steplab.optim import OPTIMIZERS, create_optimizer
+from steplab.optim.interpolate import lerp_and_copy_
 
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 NAMES = [name for name in OPTIMIZERS if name != "lookahead"]
@@ -45,11 +46,20 @@ def _torch_variants(name: str) -> dict[str, Factory]:
     info = OPTIMIZERS[name]
     cls = getattr(torch.optim, info.torch_class.rsplit(".", 1)[1])
     hyper = dict(info.defaults)
-    flags: dict[str, dict[str, bool]] = {"default": {}, "for-loop": {"foreach": False},
-                                          "foreach": {"foreach": True}}
+    flags: dict[str, dict[str, bool]] = {
+        "default": {},
+        "for-loop": {"foreach": False},
+        "foreach": {"foreach": True},
+    }
     if "fused" in cls.__init__.__code__.co_varnames:
         flags["fused"] = {"fused": True}
     return {label: (lambda ps, f=f: cls(ps, **hyper, **f)) for label, f in flags.items()}
+
+
+def _implementation(opt: torch.optim.Optimizer) -> str:
+    if opt.defaults.get("fused"):
+        return "fused"
+    return "foreach" if opt.defaults.get("foreach") else "for-loop"
 
 
 def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, float]:
@@ -80,10 +90,19 @@ def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> di
 
 
 def bench_rules(args: argparse.Namespace, console: Console) -> None:
-    table = Table(title=f"optimizer step, {args.numel / 1e6:.0f}M float32 params in "
-                        f"{args.tensors} tensors, {args.clock} ms/step (median of {args.repeats})")
-    for col in ("rule", "steplab picks", "steplab", "torch default", "torch fastest (flag)",
-                "steplab / fastest", "target"):
+    table = Table(
+        title=f"optimizer step, {args.numel / 1e6:.0f}M float32 params in "
+        f"{args.tensors} tensors, {args.clock} ms/step (median of {args.repeats})"
+    )
+    for col in (
+        "rule",
+        "steplab picks",
+        "steplab",
+        "torch default",
+        "torch fastest (flag)",
+        "steplab / fastest",
+        "target",
+    ):
         table.add_column(col, justify="right")
     for name in args.names:
         variants = _torch_variants(name)
@@ -92,9 +111,15 @@ def bench_rules(args: argparse.Namespace, console: Console) -> None:
         torch_ms = {k: v for k, v in ms.items() if k != "steplab"}
         fastest = min(torch_ms, key=lambda k: torch_ms[k])
         ratio = ms["steplab"] / torch_ms[fastest]
-        table.add_row(name, FASTEST_IMPLEMENTATION[name], f"{ms['steplab']:.1f}",
-                      f"{ms['default']:.1f}", f"{torch_ms[fastest]:.1f} ({fastest})",
-                      f"{ratio:.2f}x", "<= 1.05x")
+        table.add_row(
+            name,
+            _implementation(create_optimizer(name, _params(1000, 2, seed=0))),
+            f"{ms['steplab']:.1f}",
+            f"{ms['default']:.1f}",
+            f"{torch_ms[fastest]:.1f} ({fastest})",
+            f"{ratio:.2f}x",
+            "<= 1.05x",
+        )
     console.print(table)
 
 
@@ -124,20 +149,66 @@ def bench_lookahead(args: argparse.Namespace, console: Console) -> None:
         console.print("pytorch_optimizer is not installed: its Lookahead was not measured.")
 
 
+def bench_sync(args: argparse.Namespace, console: Console) -> None:
+    """The Lookahead sync alone: cache-blocked foreach (steplab) vs whole-tensor foreach."""
+    fast = [p.detach() for p in _params(args.numel, args.tensors, seed=1)]
+    slow = [t.clone() for t in fast]
+
+    def whole() -> None:
+        torch._foreach_lerp_(slow, fast, 0.5)
+        torch._foreach_copy_(fast, slow)
+
+    variants = {
+        "whole-tensor foreach": whole,
+        "steplab blocked": lambda: lerp_and_copy_(fast, slow, 0.5),
+    }
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    samples: dict[str, list[float]] = {label: [] for label in variants}
+    order = list(variants)
+    for _ in range(args.repeats):
+        random.shuffle(order)
+        for label in order:
+            start = clock()
+            variants[label]()
+            samples[label].append((clock() - start) * 1e3)
+    ms = {label: statistics.median(s) for label, s in samples.items()}
+    table = Table(title="one Lookahead sync (lerp + copy over all parameters), ms")
+    for col in ("implementation", "ms", "vs whole-tensor"):
+        table.add_column(col, justify="right")
+    for label, value in ms.items():
+        table.add_row(label, f"{value:.1f}", f"{value / ms['whole-tensor foreach']:.2f}x")
+    console.print(table)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2M params, 7 repeats (default: off)")
     parser.add_argument("--numel", type=int, default=8_000_000, help="total parameters")
     parser.add_argument("--tensors", type=int, default=20, help="number of tensors")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repeats")
     parser.add_argument("--steps", type=int, default=1, help="steps per timed repeat")
     parser.add_argument("--names", nargs="*", default=NAMES, help="rules to time")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1: steadier timings on a shared machine)")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="cpu: this thread's CPU time (immune to other processes taking "
-                             "the cores; needs --threads 1); wall: elapsed time")
+    parser.add_argument(
+        "--part",
+        choices=("all", "rules", "lookahead"),
+        default="all",
+        help="which tables to measure",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: steadier timings on a shared machine)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: this thread's CPU time (immune to other processes taking "
+        "the cores; needs --threads 1); wall: elapsed time",
+    )
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread: use --threads 1 or --clock wall")
@@ -145,10 +216,14 @@ def main() -> None:
     if args.quick:
         args.numel, args.repeats = 2_000_000, 7
     console = Console()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-                  f"{args.clock} clock")
-    bench_rules(args, console)
-    bench_lookahead(args, console)
+    console.print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock"
+    )
+    if args.part in ("all", "rules"):
+        bench_rules(args, console)
+    if args.part in ("all", "lookahead"):
+        bench_sync(args, console)
+        bench_lookahead(args, console)
 
 
 if __name__ == "__main__":

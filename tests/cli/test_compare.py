@@ -9,8 +9,22 @@ import pytest
 
 from steplab.cli import main
 
-TINY = ["--tasks", "rosenbrock", "--optimizers", "sgd(lr=0.0001),adam", "--budget", "1",
-        "--seeds", "1", "--steps", "10", "--trajectories", "none", "--workers", "1"]
+TINY = [
+    "--tasks",
+    "rosenbrock",
+    "--optimizers",
+    "sgd(lr=0.0001),adam",
+    "--budget",
+    "1",
+    "--seeds",
+    "1",
+    "--steps",
+    "10",
+    "--trajectories",
+    "none",
+    "--workers",
+    "1",
+]
 
 
 def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -38,7 +52,9 @@ def test_bad_input_exits_2_with_one_line(
     assert line.startswith("steplab compare: error:") and needle in line
 
 
-def test_an_unreadable_spec_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreadable_spec_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["compare", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "cannot read" in _error_line(capsys)
 

@@ -233,3 +233,21 @@ def test_verify_false_skips_the_content_hashes(tmp_path: Path) -> None:
     data[-3] ^= 0x10
     (path / "tensors.safetensors").write_bytes(bytes(data))
     assert checkpoint.load(path, model=make_net(), verify=False).step == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_checkpoint_moves_between_cuda_and_cpu(tmp_path: Path) -> None:
+    model, opt = trained()
+    cuda_model = make_net(seed=2).cuda()
+    cuda_opt = create_optimizer("adamw(lr=0.01)", cuda_model)
+    checkpoint.load(_saved_path(tmp_path, model, opt), model=cuda_model, optimizer=cuda_opt,
+                    map_location="cuda")
+    assert cuda_opt.state[cuda_model.head.weight]["exp_avg"].is_cuda
+    back = checkpoint.save(tmp_path / "from-cuda", model=cuda_model, optimizer=cuda_opt, step=1)
+    cpu_model = make_net(seed=5)
+    checkpoint.load(back, model=cpu_model)
+    assert params_sha256(cpu_model) == params_sha256(model)
+
+
+def _saved_path(tmp_path: Path, model: Net, opt: torch.optim.Optimizer) -> Path:
+    return checkpoint.save(tmp_path / "cpu", model=model, optimizer=opt, step=1)

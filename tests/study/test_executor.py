@@ -11,8 +11,14 @@ import pytest
 from steplab.errors import SpecError
 from steplab.study.executor import LocalExecutor, RunJob, execute_run, make_executor, run_jobs
 
-CONFIG: dict[str, Any] = {"task": "rosenbrock", "optimizer": "sgd", "lr": 1e-4, "steps": 15,
-                          "eval_every": 5, "monitor": False}
+CONFIG: dict[str, Any] = {
+    "task": "rosenbrock",
+    "optimizer": "sgd",
+    "lr": 1e-4,
+    "steps": 15,
+    "eval_every": 5,
+    "monitor": False,
+}
 
 
 def test_execute_run_writes_the_run_files_and_returns_its_summary(tmp_path: Path) -> None:
@@ -47,16 +53,24 @@ def test_the_pool_runs_jobs_and_the_follow_ups_they_add(tmp_path: Path) -> None:
             return [RunJob({**CONFIG, "seed": 1}, str(tmp_path / "c"), "follow-up")]
         return []
 
-    jobs = [RunJob(CONFIG, str(tmp_path / "a"), "first"),
-            RunJob({**CONFIG, "lr": 2e-4}, str(tmp_path / "b"), "second")]
+    jobs = [
+        RunJob(CONFIG, str(tmp_path / "a"), "first"),
+        RunJob({**CONFIG, "lr": 2e-4}, str(tmp_path / "b"), "second"),
+    ]
     run_jobs(LocalExecutor(2), jobs, on_done, total=3, progress=False)
-    assert sorted(seen) == [("first", "completed"), ("follow-up", "completed"),
-                            ("second", "completed")]
+    assert sorted(seen) == [
+        ("first", "completed"),
+        ("follow-up", "completed"),
+        ("second", "completed"),
+    ]
 
 
-@pytest.mark.parametrize(("kind", "workers", "address"),
-                         [("dask", None, None), ("local", 0, None), ("local", None, "auto")])
-def test_bad_executor_settings_raise_spec_errors(kind: str, workers: int | None,
-                                                 address: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kind", "workers", "address"),
+    [("dask", None, None), ("local", 0, None), ("local", None, "auto")],
+)
+def test_bad_executor_settings_raise_spec_errors(
+    kind: str, workers: int | None, address: str | None
+) -> None:
     with pytest.raises(SpecError):
         make_executor(kind, workers, address)

@@ -120,3 +120,12 @@ def test_split_names_keeps_commas_inside_parentheses() -> None:
         "lookahead(adam(lr=0.01), k=5)",
     )
     assert split_names(" , ") == ()
+
+
+def test_the_starting_point_depends_on_what_is_given(tmp_path: Path) -> None:
+    assert load_study_spec(None) == default_study_spec()
+    assert load_study_spec(None, quick=True) == quick_study_spec()
+    assert load_study_spec(None, quick=True, seeds=4).optimizers == quick_study_spec().optimizers
+    # other tasks: each task's own steps, batch size and target, not MNIST-1D's
+    own = load_study_spec(None, tasks=("beale",))
+    assert own.steps is None and own.batch_size is None and own.targets == ()

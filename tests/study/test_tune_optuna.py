@@ -18,14 +18,15 @@ from optuna.trial import TrialState
 from steplab.errors import SpecError
 from steplab.optim import parse_spec
 from steplab.study import TuneResult, tune
-from steplab.study.tune_optuna import counted_trials
+from steplab.study.tune_optuna import counted_trials, open_storage
 from steplab.train import TrainConfig, fit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _study(out: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    # open_storage waits up to 60 s for SQLite's lock while a worker process writes
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{out / 'study.db'}"))
 
 
 def test_tiny_study_writes_best_spec_json_and_plots(tmp_path: Path) -> None:
@@ -106,12 +107,13 @@ _WORKER = textwrap.dedent(
     """
     import sys
     from steplab.study import tune
-    tune("beale", "adam", trials=8, steps=300, space="lr=log(1e-3, 0.3)", pruner="none",
+    tune("beale", "adam", trials=8, steps=150, space="lr=log(1e-3, 0.3)", pruner="none",
          out_dir=sys.argv[1], study_name="crash")
     """
 )
 
 
+@pytest.mark.slow
 def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", _WORKER, str(tmp_path)],
@@ -139,7 +141,7 @@ def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> No
         "beale",
         "adam",
         trials=8,
-        steps=300,
+        steps=150,
         space="lr=log(1e-3, 0.3)",
         pruner="none",
         out_dir=tmp_path,
@@ -154,7 +156,7 @@ def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> No
         "beale",
         "adam",
         trials=8,
-        steps=300,
+        steps=150,
         space="lr=log(1e-3, 0.3)",
         pruner="none",
         out_dir=tmp_path,
@@ -171,6 +173,7 @@ def _has_study(out: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_the_sqlite_study(tmp_path: Path) -> None:
     res = tune(
         "beale",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -30,6 +32,15 @@ def test_features_are_standardised_with_training_statistics(data: TaskData) -> N
     torch.testing.assert_close(std[varying], torch.ones(int(varying.sum())), atol=1e-4, rtol=0)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only add overhead
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_adam_at_the_defaults_reaches_the_target(data: TaskData) -> None:
     task = get_task("digits-mlp")
     gen = torch.Generator().manual_seed(0)

@@ -106,6 +106,6 @@ def test_metrics_are_mean_loss_and_accuracy_fraction() -> None:
     x, y = torch.randn(2500, 40), torch.randint(0, 10, (2500,))  # more than one eval chunk
     metrics = task.metrics(model, x, y)
     out = model(x)
-    assert metrics["loss"] == pytest.approx(float(task.loss(out, y)), rel=1e-5)
+    assert metrics["loss"] == pytest.approx(float(task.loss(out, y).detach()), rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
     assert model.training  # metrics restore the mode they found

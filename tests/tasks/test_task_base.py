@@ -68,6 +68,11 @@ def test_validation_split_does_not_touch_global_rng() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_validation_split_needs_two_rows() -> None:
+    with pytest.raises(SpecError, match="got 1 rows, expected at least 2"):
+        split_validation(torch.zeros(1), torch.zeros(1))
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.5])
 def test_validation_fraction_outside_unit_interval_is_refused(fraction: float) -> None:
     with pytest.raises(SpecError, match="validation fraction"):
@@ -88,7 +93,7 @@ def test_init_from_generator_is_reproducible_and_reads_no_global_rng() -> None:
         assert torch.equal(pa, pb)
         assert not torch.equal(pa, pc)
     bound = 1 / math.sqrt(4)  # fan_in of the linear layer
-    assert float(a[1].weight.abs().max()) <= bound
+    assert float(a[1].weight.detach().abs().max()) <= bound
 
 
 def test_init_from_generator_refuses_layers_it_cannot_initialise() -> None:

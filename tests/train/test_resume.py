@@ -80,17 +80,17 @@ def test_out_dir_holding_another_run_is_refused_and_left_untouched(
 
 # -- SIGKILL at random steps -----------------------------------------------------------------
 
-_STEPS = 200
+_STEPS = 150
 _ARGS = ["--task", "digits-mlp", "--steps", str(_STEPS), "--batch-size", "32", "--lr", "0.003",
-         "--schedule", "cosine", "--warmup-steps", "30", "--checkpoint-every", "7",
-         "--log-every", "1", "--eval-every", "50", "--seed", "3", "--no-monitor"]
+         "--schedule", "cosine", "--warmup-steps", "30", "--checkpoint-every", "11",
+         "--log-every", "1", "--eval-every", "40", "--seed", "3", "--no-monitor"]
 
 
 def _reference(optimizer: str) -> dict[str, Any]:
     """The same run, uninterrupted, in this process (one thread, like the subprocesses)."""
     cfg = TrainConfig(task="digits-mlp", optimizer=optimizer, steps=_STEPS, batch_size=32,
-                      lr=0.003, schedule="cosine", warmup_steps=30, checkpoint_every=7,
-                      log_every=1, eval_every=50, seed=3, monitor=False)
+                      lr=0.003, schedule="cosine", warmup_steps=30, checkpoint_every=11,
+                      log_every=1, eval_every=40, seed=3, monitor=False)
     return json.loads(json.dumps(fit(cfg, progress=False).summary))
 
 
@@ -138,7 +138,7 @@ def test_sigkill_at_random_steps_then_resume_is_bit_exact(
         proc = subprocess.Popen([*args, *(["--resume"] if lives > 1 else [])], env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills < n_kills:
-            target = min(_last_step(run) + rng.randint(3, 60), _STEPS - 1)
+            target = min(_last_step(run) + rng.randint(3, 50), _STEPS - 1)
             kills += _kill_at(proc, run, target)
         else:
             _, err = proc.communicate(timeout=300)

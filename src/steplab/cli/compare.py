@@ -116,15 +116,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Load the spec, run the study, print the table and where the report is."""
     from steplab.study.compare import run_study
-    from steplab.study.spec import load_study_spec, quick_study_spec
+    from steplab.study.spec import load_study_spec
 
-    over = _overrides(args)
-    if args.quick and args.spec is None:
-        spec = quick_study_spec().from_dict(
-            {**quick_study_spec().to_dict(), **{k: v for k, v in over.items() if v is not None}}
-        )
-    else:
-        spec = load_study_spec(args.spec, **over)
+    spec = load_study_spec(args.spec, quick=args.quick, **_overrides(args))
     result = run_study(
         spec,
         args.out,

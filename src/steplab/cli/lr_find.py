@@ -26,7 +26,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--max-lr", type=float, default=10.0, help="last learning rate")
     parser.add_argument("--steps", type=int, default=100, help="steps of the full sweep")
     parser.add_argument(
-        "--batch-size", type=int, default=None, help="examples per step (default: the task's)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="examples per step (default %(default)s: the task's)",
     )
     parser.add_argument("--beta", type=float, default=0.95, help="EMA coefficient of the loss")
     parser.add_argument(
@@ -44,9 +47,17 @@ def run(args: argparse.Namespace) -> int:
     from steplab.study.lr_find import lr_range_test_task
 
     result = lr_range_test_task(
-        args.task, args.optimizer, batch_size=args.batch_size, seed=args.seed,
-        min_lr=args.min_lr, max_lr=args.max_lr, num_steps=args.steps, beta=args.beta,
-        stop_factor=args.stop_factor, data_dir=args.data_dir, out_dir=args.out,
+        args.task,
+        args.optimizer,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        num_steps=args.steps,
+        beta=args.beta,
+        stop_factor=args.stop_factor,
+        data_dir=args.data_dir,
+        out_dir=args.out,
     )
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -25,21 +25,52 @@ def add_parser(subparsers: Any) -> None:
     add("--task", required=True, help="task name (see `steplab tasks`)")
     add("--optimizer", default="adam", help="base optimizer spec; the space overrides it")
     add("--trials", type=int, default=20, help="size of the study (completed+pruned+diverged)")
-    add("--space", default=None, help='search space, e.g. "lr=log(1e-5,1), betas.0=(0.8,0.99)" '
-        "(default: the optimizer's registry space for this many trials)")
-    add("--pruner", default="median", choices=["median", "hyperband", "none"],
-        help="Optuna pruner on the intermediate validation metric")
-    add("--storage", default=None, help="Optuna storage URL (default: sqlite:///OUT/study.db)")
-    add("--study-name", default=None, help="study name (default: task-optimizer-<hash>)")
-    add("--backend", default="optuna", choices=["optuna", "ray"],
-        help="optuna (processes sharing the storage) or ray (OptunaSearch + ASHA)")
-    add("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    add(
+        "--space",
+        default=None,
+        help='search space, e.g. "lr=log(1e-5,1), betas.0=(0.8,0.99)" '
+        "(default %(default)s: the optimizer's registry space for this many trials)",
+    )
+    add(
+        "--pruner",
+        default="median",
+        choices=["median", "hyperband", "none"],
+        help="Optuna pruner on the intermediate validation metric",
+    )
+    add(
+        "--storage",
+        default=None,
+        help="Optuna storage URL (default %(default)s: sqlite:///OUT/study.db)",
+    )
+    add(
+        "--study-name", default=None, help="study name (default %(default)s: task-optimizer-<hash>)"
+    )
+    add(
+        "--backend",
+        default="optuna",
+        choices=["optuna", "ray"],
+        help="optuna (processes sharing the storage) or ray (OptunaSearch + ASHA)",
+    )
+    add(
+        "--address",
+        default=None,
+        help="Ray cluster address (default %(default)s: start a local Ray)",
+    )
     add("--workers", type=int, default=1, help="parallel worker processes / concurrent trials")
-    add("--steps", type=int, default=None, help="steps per trial (default: the task's)")
-    add("--batch-size", type=int, default=None, help="batch size (default: the task's)")
-    add("--eval-every", type=int, default=None, help="steps between evaluations (default: 1/10)")
+    add("--steps", type=int, default=None, help="steps per trial (default %(default)s: the task's)")
+    add("--batch-size", type=int, default=None, help="batch size (default %(default)s: the task's)")
+    add(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="steps between evaluations (default %(default)s: 1/10)",
+    )
     add("--schedule", default="constant", help="learning-rate schedule of every trial")
-    add("--metric", default=None, help="validation metric (default: the task target's val_ twin)")
+    add(
+        "--metric",
+        default=None,
+        help="validation metric (default %(default)s: the task target's val_ twin)",
+    )
     add("--seed", type=int, default=0, help="training seed of every trial and sampler seed")
     add("--data-dir", default=None, help="where file-based tasks find data")
     add("--out", default="tune", help="output directory")
@@ -55,11 +86,24 @@ def run(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = tune(
-        args.task, args.optimizer, args.trials, space=args.space, pruner=args.pruner,
-        storage=args.storage, study_name=args.study_name, backend=args.backend,
-        address=args.address, workers=args.workers, steps=args.steps,
-        batch_size=args.batch_size, eval_every=args.eval_every, schedule=args.schedule,
-        metric=args.metric, seed=args.seed, out_dir=args.out, data_dir=args.data_dir,
+        args.task,
+        args.optimizer,
+        args.trials,
+        space=args.space,
+        pruner=args.pruner,
+        storage=args.storage,
+        study_name=args.study_name,
+        backend=args.backend,
+        address=args.address,
+        workers=args.workers,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        schedule=args.schedule,
+        metric=args.metric,
+        seed=args.seed,
+        out_dir=args.out,
+        data_dir=args.data_dir,
     )
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -76,9 +120,14 @@ def _print_table(res: dict[str, Any]) -> None:
     table.add_column("field")
     table.add_column("value")
     counts = ", ".join(f"{v} {k}" for k, v in res["counts"].items() if v)
-    rows = [("trials", counts), ("space", res["space"]), ("metric", res["metric"]),
-            ("best value", "-" if res["best_value"] is None else f"{res['best_value']:.6g}"),
-            ("best trial", str(res["best_trial"])), ("storage", res["storage"])]
+    rows = [
+        ("trials", counts),
+        ("space", res["space"]),
+        ("metric", res["metric"]),
+        ("best value", "-" if res["best_value"] is None else f"{res['best_value']:.6g}"),
+        ("best trial", str(res["best_trial"])),
+        ("storage", res["storage"]),
+    ]
     if res["importance"]:
         rows.append(("importance", ", ".join(f"{k} {v:.2f}" for k, v in res["importance"].items())))
     if res["at_boundary"]:

@@ -13,13 +13,13 @@ import contextlib
 import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from steplab.errors import SpecError, StateMismatchError
+from steplab.optim.interpolate import lerp_and_copy_
 
 __all__ = ["PULLBACK_MODES", "Lookahead", "momentum_buffer_name"]
 
@@ -150,6 +150,7 @@ class Lookahead(torch.optim.Optimizer):
         self.pullback = pullback
         self.la_step = 0
         self.slow_state: dict[Tensor, dict[str, Tensor]] = {}
+        self._sync_cache: dict[str, dict[str, Any]] = {}  # block views reused by each sync
         for group in self.param_groups:
             self._init_slow(group["params"])
 
@@ -181,7 +182,7 @@ class Lookahead(torch.optim.Optimizer):
         self.optimizer.defaults = defaults
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "_sync_cache": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -242,7 +243,7 @@ class Lookahead(torch.optim.Optimizer):
         """
         params = [p for g in self.param_groups for p in g["params"]]
         slows = [self.slow_state[p]["slow_param"] for p in params]
-        self._lerp_and_copy(params, slows)
+        lerp_and_copy_(params, slows, self.alpha, self._sync_cache.setdefault("param", {}))
         if self.pullback == "reset":
             for p in params:
                 self.state.pop(p, None)
@@ -255,17 +256,7 @@ class Lookahead(torch.optim.Optimizer):
                     if isinstance(buf, Tensor):
                         bufs.append(buf)
                         slow_bufs.append(self.slow_state[p]["slow_momentum"])
-            self._lerp_and_copy(bufs, slow_bufs)
-
-    def _lerp_and_copy(self, fast: list[Tensor], slow: list[Tensor]) -> None:
-        """slow ← slow + α(fast − slow); fast ← slow, with foreach ops per device and dtype."""
-        if not fast:
-            return
-        grouped = _group_tensors_by_device_and_dtype([fast, slow])  # type: ignore[list-item]
-        for (fast_list, slow_list), _ in grouped.values():
-            slow_t = cast(list[Tensor], slow_list)
-            torch._foreach_lerp_(slow_t, cast(list[Tensor], fast_list), self.alpha)
-            torch._foreach_copy_(cast(list[Tensor], fast_list), slow_t)
+            lerp_and_copy_(bufs, slow_bufs, self.alpha, self._sync_cache.setdefault("momentum", {}))
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:

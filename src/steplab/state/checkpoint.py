@@ -74,15 +74,20 @@ def _tensor_key(path: list[str]) -> str:
     return "optim-meta/" + "/".join(path)
 
 
-def _stage(t: torch.Tensor) -> torch.Tensor:
-    """A CPU copy the training thread can no longer change."""
-    out = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+def _stage(key: str, t: torch.Tensor, pool: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """A CPU copy the training thread can no longer change (a pooled buffer when one fits)."""
+    out = None if pool is None else pool.get(key)
+    if out is None or out.shape != t.shape or out.dtype != t.dtype:
+        out = torch.empty(t.shape, dtype=t.dtype, device="cpu")  # fresh pages fault on first touch
+        if pool is not None:
+            pool[key] = out
     return out.copy_(t.detach())
 
 
 def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: _Stateful,
               scaler: _Stateful, step: int, rng: bool, extra: dict[str, Any] | None,
-              stage: bool) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
+              stage: bool, pool: dict[str, torch.Tensor] | None = None
+              ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"step: got {step!r}, expected an integer >= 0")
     try:
@@ -107,8 +112,11 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedul
     }
     if len({k for k, _ in tensors}) != len(tensors):
         raise CheckpointError("tensors: two tensors share a key; parameter names must be unique")
-    if stage:
-        tensors = [(k, _stage(t)) for k, t in tensors]
+    if stage:  # the previous save must be done: pooled buffers are overwritten here
+        tensors = [(k, _stage(k, t, pool)) for k, t in tensors]
+        if pool is not None:
+            for stale in set(pool) - {k for k, _ in tensors}:
+                del pool[stale]
     return tensors, body
 
 
@@ -212,8 +220,7 @@ def save(path: str | os.PathLike[str], *, model: nn.Module,
     """
     target = Path(path)
     _check_target(target)
-    if blocking:
-        _WRITER.wait()
+    _WRITER.wait()  # at most one save in flight
     tensors, body = _snapshot(model, optimizer, scheduler, scaler, step, rng, extra,
                               stage=not blocking)
     if blocking:
@@ -285,18 +292,22 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
     restored = ["model"]
     want = {n: _require(n, o, manifest) for n, o in
             (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler))}
-    tensors = read_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_sha256 if verify else None)
+    if optimizer is not None:  # names and shapes only: the encoded form has them all
+        check_named_state_dict(optimizer, model, manifest["optimizer"], strict)
+    # hashes are verified before any byte lands; matching CPU parameters are read in place
+    into = {f"model/{name}": target for name, target in targets.items()}
+    tensors = read_tensors(ckpt.tensors_path, ckpt.header,
+                           ckpt.expected_sha256 if verify else None, into)
     if map_location is not None:
-        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+        tensors = {k: v if k in into else v.to(map_location) for k, v in tensors.items()}
     try:
         parts = {n: decode(manifest[n], tensors) for n in want if want[n]}
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{MANIFEST}: malformed state ({exc})") from None
-    if optimizer is not None:
-        check_named_state_dict(optimizer, model, parts["optimizer"], strict)
     with torch.no_grad():
         for name, target in targets.items():
-            target.copy_(tensors[f"model/{name}"])
+            if tensors[f"model/{name}"] is not target:
+                target.copy_(tensors[f"model/{name}"])
     if optimizer is not None:
         load_named_state_dict(optimizer, model, parts["optimizer"], strict, copy=False)
         restored.append("optimizer")

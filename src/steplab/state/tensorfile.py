@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,7 @@ __all__ = [
     "TensorEntry",
     "read_header",
     "read_tensors",
+    "verify_tensors",
     "write_tensors",
 ]
 
@@ -227,43 +229,70 @@ def _read_into(f: Any, view: memoryview) -> None:
         view = view[n:]
 
 
+def verify_tensors(
+    path: str | os.PathLike[str], header: Header, expected_sha256: Mapping[str, str]
+) -> None:
+    """Check every tensor's SHA-256, reading the file through a memory map (no copies).
+
+    Raises:
+        CheckpointError: on the first tensor whose bytes do not hash as expected.
+    """
+    if not header.entries:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        spans = [(header.data_start + e.begin, header.data_start + e.end)
+                 for e in header.entries]
+        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
+            digests = list(pool.map(lambda span: _hash_span(mapped, *span), spans))
+    for e, digest in zip(header.entries, digests, strict=True):
+        if digest != expected_sha256.get(e.key):
+            raise _bad(f"{e.key}: content hash mismatch (corrupt file), "
+                       f"expected {expected_sha256.get(e.key)}")
+
+
+def _hash_span(mapped: mmap.mmap, start: int, end: int) -> str:
+    with memoryview(mapped) as view, view[start:end] as span:
+        return _sha256(span)
+
+
+def _fits(dest: torch.Tensor | None, entry: TensorEntry) -> bool:
+    return (dest is not None and dest.device.type == "cpu" and dest.dtype == entry.dtype
+            and tuple(dest.shape) == entry.shape and dest.is_contiguous())
+
+
 def read_tensors(
     path: str | os.PathLike[str],
     header: Header,
     expected_sha256: Mapping[str, str] | None = None,
+    into: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read every tensor of a validated file into fresh CPU tensors.
+    """Read every tensor of a validated file, verifying hashes first when given.
 
     Args:
         path: the file ``header`` was read from.
         header: from :func:`read_header`.
-        expected_sha256: when given, each tensor's bytes must hash to this.
+        expected_sha256: when given, every tensor's bytes must hash to this,
+            checked before any byte is written anywhere.
+        into: existing CPU contiguous tensors of the same dtype and shape to
+            read straight into (e.g. a model's parameters), by key; other keys
+            get fresh tensors.
 
     Returns:
-        Tensors by key, in file order.
+        Tensors by key, in file order (``into``'s own tensors where used).
 
     Raises:
         CheckpointError: on a short read or a hash mismatch.
     """
+    if expected_sha256 is not None:
+        verify_tensors(path, header, expected_sha256)
     out: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as pool:
+    with open(path, "rb", buffering=0) as f, torch.no_grad():
         f.seek(header.data_start)
-        pending: tuple[str, Future[str]] | None = None
         for e in header.entries:
-            tensor = torch.empty(e.shape, dtype=e.dtype)
-            view = tensor_bytes(tensor) if tensor.numel() else memoryview(b"")
-            _read_into(f, view)
+            dest = None if into is None else into.get(e.key)
+            tensor = dest if dest is not None and _fits(dest, e) else torch.empty(
+                e.shape, dtype=e.dtype)
+            if tensor.numel():
+                _read_into(f, tensor_bytes(tensor.detach()))
             out[e.key] = tensor
-            if expected_sha256 is not None:
-                if pending is not None:
-                    _check_hash(pending, expected_sha256)
-                pending = (e.key, pool.submit(_sha256, view))
-        if pending is not None and expected_sha256 is not None:
-            _check_hash(pending, expected_sha256)
     return out
-
-
-def _check_hash(pending: tuple[str, Future[str]], expected: Mapping[str, str]) -> None:
-    key, future = pending
-    if future.result() != expected.get(key):
-        raise _bad(f"{key}: content hash mismatch (corrupt file), expected {expected.get(key)}")

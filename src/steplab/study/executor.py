@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 
-#: modules the fork server imports once (torch._dynamo and mnist1d take seconds each)
-_PRELOAD = ["torch", "torch._dynamo", "mnist1d", "steplab.train", "steplab.tasks", "steplab.optim"]
+#: modules the fork server imports once (torch._dynamo alone takes seconds)
+_PRELOAD = ["torch", "torch._dynamo", "steplab.train", "steplab.tasks", "steplab.optim"]
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,8 @@ def run_jobs(
     Args:
         executor: where runs execute.
         jobs: the runs known at the start, longest first for a short makespan.
-        on_done: called with each finished job and its summary; returns new jobs.
+        on_done: called with each finished job and its summary; returns new jobs,
+            which go to the front of the queue.
         total: the number of runs expected in all (for the progress bar).
         progress: show the overall bar and what each worker is doing.
     """
@@ -233,7 +234,7 @@ def run_jobs(
                     free_slots.append(slot)
                     free_slots.sort()
                     display.finish(slot, summary.get("status", "failed"))
-                    queue.extend(on_done(job, summary))
+                    queue[0:0] = on_done(job, summary)  # follow-ups first: they are the long runs
         except BaseException:
             executor.close(cancel=True)
             raise

@@ -47,7 +47,7 @@ def to_data_uri(fig: Any) -> str:
     """Render ``fig`` as a PNG data URI and close it."""
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=_DPI)  # constrained layout: one draw
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
@@ -88,7 +88,7 @@ def _band(ax: Any, x: np.ndarray, values: np.ndarray, color: Any, label: str) ->
 def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str) -> str:
     """Training loss and ``metric`` against steps and wall time, mean line and min-max seed band."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.2))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), layout="constrained")
     for i, (opt, records) in enumerate(seed_runs.items()):
         if not records:
             continue
@@ -107,14 +107,12 @@ def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str)
             if key.endswith("loss"):
                 ax.set_yscale("log")
     fig.suptitle(f"{task}: mean over seeds, band = min-max over seeds")
-    fig.tight_layout()
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(
             handles,
             labels,
-            loc="upper center",
-            bbox_to_anchor=(0.5, 0.0),
+            loc="outside lower center",
             ncol=min(4, len(labels)),
             frameon=False,
         )
@@ -124,7 +122,7 @@ def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str)
 def lr_sensitivity_figure(search_runs: dict[str, list[RunRecord]], metric: str, task: str) -> str:
     """Final validation ``metric`` of every search trial against its lr; x marks a failed run."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
     for i, (opt, records) in enumerate(search_runs.items()):
         pts = sorted(
             (
@@ -148,7 +146,6 @@ def lr_sensitivity_figure(search_runs: dict[str, list[RunRecord]], metric: str, 
     ax.set_title(f"{task}: lr sensitivity (seed 0; x = diverged)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
@@ -157,7 +154,7 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
     from steplab.study.stats import mean_ci
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(rows) + 1.6), layout="constrained")
     for i, row in enumerate(rows):
         ci = mean_ci(row.steps)
         if not math.isfinite(ci.mean):
@@ -178,18 +175,17 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
     ax.set_yticks(range(len(rows)), [r.optimizer for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel(
-        "steps to target\n(hatched: some seeds never reached it; a miss counts as the budget)"
+        "steps to target\n(hatched: a seed missed it; a miss counts as the budget)"
     )
     ax.set_title(f"{task}: steps to target (mean, 95% CI)")
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     return to_data_uri(fig)
 
 
 def profiles_figure(profiles: PerformanceProfiles) -> str:
     """AlgoPerf-style performance profiles ``rho(tau)`` of every optimizer."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
     for i, (opt, rho) in enumerate(profiles.rho.items()):
         ax.step(
             profiles.taus,
@@ -204,5 +200,4 @@ def profiles_figure(profiles: PerformanceProfiles) -> str:
     ax.set_title("performance profiles")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return to_data_uri(fig)

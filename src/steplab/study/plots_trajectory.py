@@ -85,7 +85,7 @@ def trajectory_figure(task_name: str, best_runs: dict[str, RunRecord | None]) ->
     paths = {opt: _path(r) for opt, r in best_runs.items() if r is not None}
     xlim, ylim = _limits(task, list(paths.values()))
     gx, gy, f = function_grid(task_name, xlim, ylim)
-    fig, ax = plt.subplots(figsize=(6.2, 5.0))
+    fig, ax = plt.subplots(figsize=(6.0, 5.4), layout="constrained")
     shifted = np.log10(np.maximum(f - np.nanmin(f), 0.0) + 1e-3)
     ax.contourf(gx, gy, shifted, levels=30, cmap="Greys", alpha=0.55)
     ax.contour(gx, gy, shifted, levels=15, colors="grey", linewidths=0.4)
@@ -110,9 +110,8 @@ def trajectory_figure(task_name: str, best_runs: dict[str, RunRecord | None]) ->
         ax.plot(*task.start, marker="s", color="k", markersize=5)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    ax.set_title(f"{task_name}: path of each optimizer at its best lr (star = minimum)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
+    ax.set_title(f"{task_name} (star: minimum, square: start)")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=3, frameon=False)
     return to_data_uri(fig)
 
 

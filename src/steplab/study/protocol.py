@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steplab.errors import SpecError
 from steplab.study.search_grid import edge_warning, log_grid, lr_center, search_points
 from steplab.study.spec import StudySpec
 
@@ -68,15 +69,18 @@ def check_names(spec: StudySpec) -> None:
     """Check every optimizer and task name of ``spec`` before any run starts.
 
     Raises:
-        SpecError: an unknown optimizer or task (the lower layers' message with a hint).
+        SpecError: an unknown optimizer or task (the lower layers' message with a
+            hint), or a baseline that is not one of the optimizers.
     """
     from steplab.optim import parse_spec
     from steplab.tasks import get_task
 
-    for optimizer in spec.optimizers:
-        parse_spec(optimizer)
-    if spec.baseline is not None:
-        parse_spec(spec.baseline)
+    canonical = [str(parse_spec(optimizer)) for optimizer in spec.optimizers]
+    if spec.baseline is not None and str(parse_spec(spec.baseline)) not in canonical:
+        raise SpecError(
+            f"baseline: got {spec.baseline!r}, expected one of the study's optimizers "
+            f"{list(spec.optimizers)}"
+        )
     for task in (*spec.tasks, *spec.trajectories):
         get_task(task, spec.data_dir)
 

@@ -100,6 +100,7 @@ class OptimizerRow:
     step_ms: float | None
     warning: str | None
     verdicts: list[str] = field(default_factory=list)
+    search_statuses: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -259,8 +260,11 @@ def analyze(
     for task in spec.tasks:
         by_opt: dict[str, OptimizerRow] = {}
         for opt in spec.optimizers:
-            seeds = [r for r in records if r.role == "seed" and r.group == Group(task, opt)]
-            by_opt[opt] = _row(task, opt, seeds, targets[task], warnings.get(Group(task, opt).key))
+            mine = [r for r in records if r.group == Group(task, opt)]
+            seeds = [r for r in mine if r.role == "seed"]
+            row = _row(task, opt, seeds, targets[task], warnings.get(Group(task, opt).key))
+            row.search_statuses = [str(r.summary.get("status")) for r in mine if r.role == "search"]
+            by_opt[opt] = row
         for opt, row in by_opt.items():
             base = base_of[opt]
             if base is not None and row.statuses and by_opt[base].statuses:
@@ -314,13 +318,11 @@ def table_cells(row: OptimizerRow) -> dict[str, str]:
     """The summary-table cells of ``row`` as text (``TABLE_COLUMNS`` order)."""
     n = len(row.statuses)
     bad = [s for s in row.statuses if s not in ("completed", "early_stopped")]
-    status = (
-        "no runs"
-        if n == 0
-        else f"{n - len(bad)}/{n} ok" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
-    )
-    if not row.finals:
-        status = "diverged" if "diverged" in row.statuses or not n else status
+    if n == 0:  # no usable search run, so no seeds: say what happened to the search
+        kinds = sorted(set(row.search_statuses)) or ["no runs"]
+        status = "all " + "/".join(kinds) if row.search_statuses else "no runs"
+    else:
+        status = f"{n - len(bad)}/{n} ok" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
     reached = [s for s, t in zip(row.steps, row.times, strict=True) if math.isfinite(t)]
     steps = "not reached" if not reached else f"{statistics.mean(reached):.0f} ({row.reached}/{n})"
     times = [t for t in row.times if math.isfinite(t)]

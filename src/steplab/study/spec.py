@@ -294,12 +294,19 @@ def split_names(text: str) -> tuple[str, ...]:
     return tuple(n for n in names if n)
 
 
-def load_study_spec(path: str | Path | None = None, **overrides: Any) -> StudySpec:
-    """Read a study spec from a TOML file, then apply ``overrides``.
+def load_study_spec(
+    path: str | Path | None = None, *, quick: bool = False, **overrides: Any
+) -> StudySpec:
+    """Read a study spec from a TOML file and/or ``overrides``.
+
+    The starting point: :func:`quick_study_spec` when ``quick``; else
+    :func:`default_study_spec` when neither a file nor ``tasks`` is given (its
+    steps, batch size and targets are sized for MNIST-1D); else
+    ``StudySpec()``, whose runs use each task's own defaults.
 
     Args:
-        path: a TOML file (keys at the top level or under ``[study]``); None
-            starts from :func:`default_study_spec`.
+        path: a TOML file (keys at the top level or under ``[study]``), or None.
+        quick: start from the ``--quick`` preset.
         **overrides: field values that replace the file's (None values are ignored).
 
     Returns:
@@ -308,13 +315,19 @@ def load_study_spec(path: str | Path | None = None, **overrides: Any) -> StudySp
     Raises:
         SpecError: the file is missing, unreadable or not TOML, or a field is bad.
 
-    >>> load_study_spec(None, seeds=2).seeds
-    2
+    >>> load_study_spec(None, seeds=2).steps, load_study_spec(None, tasks=("beale",)).steps
+    (600, None)
     """
-    data: dict[str, Any] = default_study_spec().to_dict()
     given = _read_toml(Path(path)) if path is not None else {}
     given.update({k: v for k, v in overrides.items() if v is not None})
-    if "targets" not in given and "tasks" in given:  # the default's targets follow its tasks
+    if quick:
+        base = quick_study_spec()
+    elif path is None and "tasks" not in given:
+        base = default_study_spec()
+    else:
+        base = StudySpec()
+    data = base.to_dict()
+    if "targets" not in given and "tasks" in given:  # the preset's targets follow its tasks
         data["targets"] = [pair for pair in data["targets"] if pair[0] in given["tasks"]]
     data.update(given)
     return StudySpec.from_dict(data)

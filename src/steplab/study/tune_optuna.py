@@ -5,9 +5,10 @@ survives a crash and several processes can share it: that is how ``workers``
 runs trials in parallel (Optuna's ``n_jobs`` uses threads, which the GIL and
 torch's own thread pool make slower than processes for small models).
 
-What counts toward ``trials``: a trial counts once it produced a result: a
-value (``COMPLETE``), a pruning decision (``PRUNED``) or a divergence (``FAIL``
-with user attribute ``status="diverged"``). Trials that crashed, or were left
+What counts toward ``trials``: a trial counts once its run ended and gave a
+result: a value (``COMPLETE``), a pruning decision (``PRUNED``), or a run that
+ended without a usable value (``FAIL`` with the run's ``status`` as a user
+attribute, e.g. ``"diverged"``). Trials that crashed, or were left
 ``RUNNING`` by a killed process, do not count: a resumed study runs a fresh
 trial in their place. Stale ``RUNNING`` trials are marked ``FAIL`` by Optuna's
 heartbeat once ``GRACE_S`` seconds have passed.
@@ -118,7 +119,7 @@ def counted_trials(study: Any) -> int:
         1
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.user_attrs.get("status") == "diverged")
+        or (t.state == TrialState.FAIL and "status" in t.user_attrs)
     )
 
 

@@ -70,8 +70,8 @@ def _record(result: Any, runner: TrialRunner) -> Any:
                 history[int(step)] = float(value)
     value = metrics.get(runner.metric)
     attrs = {"spec": runner.spec_for(params), "backend": "ray", "run_dir": metrics.get("run_dir")}
-    if result.error is not None:
-        state, attrs["status"], value = TrialState.FAIL, "crashed", None
+    if result.error is not None:  # a crash: no "status", so it does not count (see tune_optuna)
+        state, attrs["error"], value = TrialState.FAIL, str(result.error)[:300], None
     elif not metrics.get("final"):
         state, attrs["status"], value = TrialState.PRUNED, "pruned", None
     elif value is None or not math.isfinite(float(value)):

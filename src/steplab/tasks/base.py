@@ -133,13 +133,21 @@ class Task(Protocol):
             parameters every step).
     """
 
-    name: str
-    description: str
-    target: Target
-    default_batch_size: int
-    default_steps: int
-    default_lr: float | None
-    trajectory: bool
+    # read-only properties, so a plain class attribute (``default_lr = 0.01``) satisfies them
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def target(self) -> Target: ...
+    @property
+    def default_batch_size(self) -> int: ...
+    @property
+    def default_steps(self) -> int: ...
+    @property
+    def default_lr(self) -> float | None: ...
+    @property
+    def trajectory(self) -> bool: ...
 
     def load_data(self, data_dir: str | None = None) -> TaskData:
         """Return the data, deterministically; ``SpecError`` names missing files."""
@@ -179,7 +187,7 @@ def split_validation(
         the original row order.
 
     Raises:
-        SpecError: ``fraction`` outside ``(0, 1)``.
+        SpecError: ``fraction`` outside ``(0, 1)``, or fewer than 2 rows.
 
     Example:
         >>> xt, yt, xv, yv = split_validation(torch.arange(10.0), torch.arange(10))
@@ -190,6 +198,10 @@ def split_validation(
         raise SpecError(f"validation fraction: got {fraction!r}, expected a number in (0, 1)")
     n = len(x)
     n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise SpecError(
+            f"training data: got {n} rows, expected at least 2 to carve a validation split"
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]

@@ -71,7 +71,10 @@ _ALLOWED_GLOBALS = {
 
 def _need_dir(data_dir: str | None, task: str, layout: str) -> Path:
     if data_dir is None:
-        raise SpecError(f"data_dir: got None, task {task!r} reads local files; expected {layout}")
+        raise SpecError(
+            f"data_dir: got None; task {task!r} reads local files (pass --data-dir DIR); "
+            f"expected {layout}"
+        )
     path = Path(data_dir).expanduser()
     if not path.is_dir():
         raise SpecError(f"data_dir: got {data_dir!r}, which is not a directory; expected {layout}")

@@ -56,10 +56,13 @@ def cache_dir() -> Path:
 
 def _dataset_args() -> tuple[Any, str]:
     """The generator's default arguments and a short hash naming the cache file."""
+    from importlib.metadata import version
+
     from mnist1d.data import get_dataset_args
 
     args = get_dataset_args()
     public = {k: v for k, v in vars(args).items() if k != "url"}
+    public["mnist1d_version"] = version("mnist1d")  # a new generator gets a new file
     key = hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:12]
     return args, key
 
@@ -89,8 +92,11 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
             arrays = {k: npz[k] for k in _KEYS}
     except (OSError, KeyError, ValueError):
         return None
-    if arrays["x"].shape != (4000, 40) or arrays["x_test"].shape != (1000, 40):
-        return None
+    expected = {"x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,)}
+    for key, shape in expected.items():
+        kind = "f" if key.startswith("x") else "i"
+        if arrays[key].shape != shape or arrays[key].dtype.kind != kind:
+            return None
     return arrays
 
 
@@ -109,6 +115,8 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError:
+        pass  # a full disk only costs regeneration time on the next run
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -2,10 +2,11 @@
 
 One step, in order: take the next batch (indices into the in-memory split),
 forward and loss (under autocast for ``bf16``/``fp16``), one ``loss.item()``
-for the divergence check, backward, the global gradient norm (from clipping
-when ``clip_norm`` is set, else one ``torch._foreach_norm``) whose finiteness
-decides whether the optimizer may step, optional value clipping, the
-optimizer step, ``zero_grad``, ``scheduler.step()``. Gradient statistics,
+for the divergence check, backward, a finiteness check of the gradients (the
+norm from clipping when ``clip_norm`` is set, else one fused check kernel)
+that decides whether the optimizer may step, optional value clipping, the
+optimizer step, ``zero_grad``, ``scheduler.step()`` (not needed, so not
+called, for a constant schedule without warmup). Gradient statistics,
 ``metrics.jsonl`` rows and the progress bar only happen at log steps;
 evaluation every ``eval_every`` steps and at the last; a checkpoint every
 ``checkpoint_every`` steps, after that step's row and evaluation.
@@ -27,7 +28,7 @@ from steplab import checkpoint
 from steplab.train.batches import BatchStream
 from steplab.train.config import TrainConfig
 from steplab.train.evaluate import EvalBook, evaluate
-from steplab.train.guards import DivergenceWatch, EarlyStopper, grad_total_norm
+from steplab.train.guards import DivergenceWatch, EarlyStopper, FiniteCheck, grad_total_norm
 from steplab.train.monitor import UpdateProbe, layer_grad_norms
 from steplab.train.output import to_json_value
 from steplab.train.progress import NoProgress, ProgressBar
@@ -68,6 +69,9 @@ class _Loop:
             if cfg.early_stop_metric else None
         )
         self.book = EvalBook(s.task.target)
+        self.finite = FiniteCheck(s.data.x_train.device)
+        # a constant LR needs no scheduler step (saves a Python call per step)
+        self.step_scheduler = cfg.schedule != "constant" or cfg.warmup_steps > 0
         self.batches = BatchStream(len(s.data.x_train), s.plan, cfg.seed, s.data.x_train.device)
         self.step, self.base_time, self.eval_time = 0, 0.0, 0.0
         self.loss_sum, self.loss_count, self.train_loss = 0.0, 0, float("nan")
@@ -141,7 +145,8 @@ class _Loop:
                 self.loss_sum += value
                 self.loss_count += 1
         s.optimizer.zero_grad(set_to_none=True)
-        s.scheduler.step()
+        if self.step_scheduler:
+            s.scheduler.step()
         return verdict
 
     def update(self, loss: torch.Tensor, log_now: bool) -> str:
@@ -152,11 +157,13 @@ class _Loop:
             scaler.unscale_(s.optimizer)
         else:
             loss.backward()  # type: ignore[no-untyped-call]
-        if cfg.clip_norm is not None:
+        norm: torch.Tensor | None = None
+        if cfg.clip_norm is not None:  # clipping computes the norm anyway: reuse it
             norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.clip_norm, foreach=True)
+            finite = bool(torch.isfinite(norm))
         else:
-            norm = grad_total_norm(s.params)
-        if not bool(torch.isfinite(norm)):
+            finite = self.finite([p.grad for p in s.params if p.grad is not None])
+        if not finite:
             if scaler is not None:  # fp16 overflow: GradScaler lowers its scale, step skipped
                 scaler.update()
                 self.watch.skipped += 1
@@ -167,6 +174,8 @@ class _Loop:
             torch.nn.utils.clip_grad_value_(s.params, cfg.clip_value, foreach=True)
         probe = None
         if log_now and cfg.monitor:
+            if norm is None:
+                norm = grad_total_norm(s.params)
             self.stats = {"grad_norm": float(norm),
                           "layer_grad_norms": layer_grad_norms(s.names, s.params)}
             probe = UpdateProbe(s.params)

@@ -1,0 +1,97 @@
+"""The Lookahead sync as foreach ops: slow ← slow + α(fast − slow); fast ← slow.
+
+>>> fast, slow = [torch.full((3,), 2.0)], [torch.zeros(3)]
+>>> lerp_and_copy_(fast, slow, 0.25)
+>>> fast[0], slow[0]
+(tensor([0.5000, 0.5000, 0.5000]), tensor([0.5000, 0.5000, 0.5000]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+__all__ = ["lerp_and_copy_"]
+
+#: bytes per foreach call in the CPU sync: fits L2 with room to spare (measured best of
+#: 64 KiB..4 MiB on 8M float32 parameters; see benchmarks/optimizer_step.py)
+_CPU_BLOCK_BYTES = 256 * 1024
+
+
+def _cpu_blocks(
+    fast: list[Tensor], slow: list[Tensor]
+) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """Split matching tensors into batches of flat views of about _CPU_BLOCK_BYTES each."""
+    batch: tuple[list[Tensor], list[Tensor]] = ([], [])
+    size = 0
+    for f, s in zip(fast, slow, strict=True):
+        pieces = [(f, s)]
+        if f.is_contiguous() and s.is_contiguous():
+            step = max(1, _CPU_BLOCK_BYTES // f.element_size())
+            pieces = list(
+                zip(torch.split(f.view(-1), step), torch.split(s.view(-1), step), strict=True)
+            )
+        for f_piece, s_piece in pieces:
+            batch[0].append(f_piece)
+            batch[1].append(s_piece)
+            size += f_piece.numel() * f_piece.element_size()
+            if size >= _CPU_BLOCK_BYTES:
+                yield batch
+                batch, size = ([], []), 0
+    if batch[0]:
+        yield batch
+
+
+Blocks = list[tuple[list[Tensor], list[Tensor]]]
+
+
+def _plan(fast: list[Tensor], slow: list[Tensor]) -> Blocks:
+    grouped = _group_tensors_by_device_and_dtype([fast, slow])  # type: ignore[list-item]
+    blocks: Blocks = []
+    for (device, _), ((fast_list, slow_list), _) in grouped.items():
+        fast_t, slow_t = cast(list[Tensor], fast_list), cast(list[Tensor], slow_list)
+        if device.type == "cpu":
+            blocks.extend(_cpu_blocks(fast_t, slow_t))
+        else:
+            blocks.append((fast_t, slow_t))
+    return blocks
+
+
+def _key(tensors: list[Tensor]) -> tuple[object, ...]:
+    return tuple((t.data_ptr(), t.dtype, t.device, t.shape, t.stride()) for t in tensors)
+
+
+@torch.no_grad()
+def lerp_and_copy_(
+    fast: list[Tensor], slow: list[Tensor], alpha: float, cache: dict[str, Any] | None = None
+) -> None:
+    """In place: slow ← slow + α(fast − slow), then fast ← slow, grouped by device and dtype.
+
+    On CPU the two foreach ops run over cache-sized blocks (flat views), so the
+    copy reads the freshly interpolated block from cache instead of memory:
+    about a third less time than two passes over whole tensors (measured on
+    8M float32 parameters). Elsewhere each group is one pair of foreach calls.
+
+    Args:
+        fast: tensors to receive the interpolated values (parameters or buffers).
+        slow: their slow copies, same shapes, devices and dtypes.
+        alpha: the slow step size α.
+        cache: a dict the caller keeps between calls to reuse the block views;
+            they are rebuilt whenever a tensor's storage, shape or layout changed.
+    """
+    if not fast:
+        return
+    key = _key(fast + slow)
+    if cache is not None and cache.get("key") == key:
+        blocks: Blocks = cache["blocks"]
+    else:
+        blocks = _plan(fast, slow)
+        if cache is not None:
+            cache.update(key=key, blocks=blocks)
+    for fast_block, slow_block in blocks:
+        torch._foreach_lerp_(slow_block, fast_block, alpha)
+        torch._foreach_copy_(fast_block, slow_block)
