@@ -15,6 +15,9 @@ interleaved repeats and medians, it times:
   for the first save (staging buffers allocated) and later ones (reused);
 - peak extra memory (VmHWM minus RSS before, in a fresh subprocess each, peak
   reset through ``/proc/self/clear_refs``) per operation, over the state size.
+  VmHWM also counts file pages mapped while reading (safetensors' load_file,
+  steplab's hash verification): page cache, shared and reclaimable, not
+  allocations; ``load: steplab, verify=False`` shows the allocations alone.
 
 Ratios are against the strongest baseline measured in the same run.
 
@@ -220,7 +223,8 @@ def run(n_params: int, repeats: int, work: Path) -> None:
         ("until written", written, f"{written / save_s:.2f}x"),
     ], "seconds"))
     mem_ops = ["save: steplab", "save: steplab, blocking=False", "load: steplab",
-               "save: torch.save", "save: safetensors", "load: torch.load", "load: safetensors"]
+               "load: steplab, verify=False", "save: torch.save", "save: safetensors",
+               "load: torch.load", "load: safetensors"]
     rows = []
     for name in mem_ops:
         extra = peak_memory(n_params, name, work)

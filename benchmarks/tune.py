@@ -45,12 +45,14 @@ tune(sys.argv[5], "adam", trials, steps=steps, space="lr=log(1e-4, 1e-1)", prune
 """
 
 
-def _throughput(workers: int, trials: int, steps: int) -> tuple[float, float]:
+def _throughput(workers: int, trials: int, steps: int) -> tuple[float, float, float]:
     """Trials per minute of one fresh study run by a fresh ``python`` process.
 
     Both settings pay the same start-up (interpreter, imports) per process.
     "Steady" counts from the first trial's start to the last trial's end
-    (Optuna's timestamps), leaving the start-up out.
+    (Optuna's timestamps), leaving the start-up out. "In flight" is the mean
+    number of trials running at once (sum of trial durations / that span): 2.0
+    means the workers really overlap and any shortfall is CPU contention.
     """
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -61,7 +63,13 @@ def _throughput(workers: int, trials: int, steps: int) -> tuple[float, float]:
         done = optuna.load_study(study_name="bench", storage=storage).trials
         first = min(t.datetime_start for t in done if t.datetime_start)
         last = max(t.datetime_complete for t in done if t.datetime_complete)
-        return 60.0 * len(done) / total, 60.0 * len(done) / (last - first).total_seconds()
+        span = (last - first).total_seconds()
+        busy = sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in done
+            if t.datetime_start and t.datetime_complete
+        )
+        return 60.0 * len(done) / total, 60.0 * len(done) / span, busy / span
 
 
 def _trial_steps(t: Any, steps: int) -> int:
@@ -119,15 +127,16 @@ def _pruning(ref: int, cap: int, steps: int, seeds: list[int]) -> tuple[float, l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer trials and repeats")
+    parser.add_argument("--skip-pruning", action="store_true", help="measure throughput only")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials, steps, repeats = (8, 300, 2) if args.quick else (12, 400, 3)
     torch.set_num_threads(max(1, (torch.get_num_threads() or 2) // 2))
-    rates: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    rates: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
     for _ in range(repeats):  # interleaved
         for workers in (1, 2):
             rates[workers].append(_throughput(workers, trials, steps))
-    med = {w: [statistics.median(r[i] for r in rates[w]) for i in (0, 1)] for w in rates}
+    med = {w: [statistics.median(r[i] for r in rates[w]) for i in (0, 1, 2)] for w in rates}
     table = Table(title=f"steplab tune throughput ({TASK}, {trials} trials x {steps} steps)")
     for col in (
         "workers",
@@ -135,21 +144,27 @@ def main() -> None:
         "ratio",
         "trials/min steady",
         "ratio",
+        "in flight",
         "target",
     ):
         table.add_column(col)
-    table.add_row("1", f"{med[1][0]:.1f}", "1.00", f"{med[1][1]:.1f}", "1.00", "")
+    table.add_row(
+        "1", f"{med[1][0]:.1f}", "1.00", f"{med[1][1]:.1f}", "1.00", f"{med[1][2]:.2f}", ""
+    )
     table.add_row(
         "2 (processes, shared SQLite)",
         f"{med[2][0]:.1f}",
         f"{med[2][0] / med[1][0]:.2f}",
         f"{med[2][1]:.1f}",
         f"{med[2][1] / med[1][1]:.2f}",
+        f"{med[2][2]:.2f}",
         ">= 1.7",
     )
     console = Console()
     console.print(table)
 
+    if args.skip_pruning:
+        return
     ref, cap, seeds = (12, 20, [1]) if args.quick else (30, 40, [1, 2])
     target, rows = _pruning(ref, cap, steps, seeds)
     table = Table(

@@ -17,8 +17,12 @@ def test_json_lists_every_optimizer_with_rule_defaults_buffers_bytes_and_space(
     rows = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in rows] == list(OPTIMIZERS)
     adam = next(row for row in rows if row["name"] == "adam")
-    assert adam["defaults"] == {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08,
-                                "weight_decay": 0.0}
+    assert adam["defaults"] == {
+        "lr": 0.001,
+        "betas": [0.9, 0.999],
+        "eps": 1e-08,
+        "weight_decay": 0.0,
+    }
     assert adam["buffers"] == ["step", "exp_avg", "exp_avg_sq"] and adam["bytes_per_param"] == 8
     assert adam["search_space"]["lr"] == [1e-05, 0.1, "log", 1]
     assert all(row["rule"] and "torch_class" in row for row in rows)

@@ -44,7 +44,7 @@ def test_every_name_builds_its_torch_class_with_registry_defaults(name: str) -> 
         ("adam", {"fused": True}),
         ("adamw", {"fused": True}),
         ("amsgrad", {"fused": True}),
-        ("sgd", {"fused": True}),
+        ("sgd", {"foreach": True}),
         ("momentum", {"fused": True}),
         ("adagrad", {"fused": True}),
         ("rmsprop", {"foreach": False}),
@@ -58,10 +58,10 @@ def test_picks_the_fastest_implementation_for_cpu_float32(
     assert {k: opt.defaults[k] for k in flags} == flags
 
 
-def test_falls_back_to_the_for_loop_on_cpu_where_fused_cannot_run() -> None:
+def test_falls_back_to_foreach_where_fused_cannot_run() -> None:
     params = [torch.zeros(2, dtype=torch.complex64, requires_grad=True)]
     opt = create_optimizer("adam", params)
-    assert opt.defaults["foreach"] is False and not opt.defaults.get("fused")
+    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
 
 
 def test_spec_flags_override_the_implementation_choice() -> None:

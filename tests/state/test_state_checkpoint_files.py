@@ -251,3 +251,24 @@ def test_checkpoint_moves_between_cuda_and_cpu(tmp_path: Path) -> None:
 
 def _saved_path(tmp_path: Path, model: Net, opt: torch.optim.Optimizer) -> Path:
     return checkpoint.save(tmp_path / "cpu", model=model, optimizer=opt, step=1)
+
+
+class _Odd(nn.Module):
+    """Tied weights, a bfloat16 layer and a non-contiguous (transposed) parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(5, 3)
+        self.out = nn.Linear(3, 5, bias=False)
+        self.out.weight = self.emb.weight
+        self.half = nn.Linear(3, 2).bfloat16()
+        self.t = nn.Parameter(torch.randn(4, 3).t())
+
+
+def test_tied_bfloat16_and_non_contiguous_parameters_round_trip(tmp_path: Path) -> None:
+    model = _Odd()
+    path = checkpoint.save(tmp_path / "odd", model=model)
+    other = _Odd()
+    checkpoint.load(path, model=other)
+    assert params_sha256(other) == params_sha256(model)
+    assert other.out.weight is other.emb.weight and other.half.weight.dtype == torch.bfloat16

@@ -24,33 +24,40 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see `steplab tasks`); required")
     p.add_argument("--optimizer", default="adam", help="optimizer spec, e.g. 'lookahead(adamw)'")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate of the innermost optimizer (default: the task's)")
+                   help="learning rate of the innermost optimizer; None = the task's")
     p.add_argument("--batch-size", type=_batch_size, default=None,
-                   help="examples per step, or 'full' for gradient descent (default: the task's)")
+                   help="examples per step, or 'full' for gradient descent; None = the task's")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="steps (default: the task's)")
-    length.add_argument("--epochs", type=float, default=None, help="passes over the data")
+    length.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps; None (and no --epochs) = the task's")
+    length.add_argument("--epochs", type=float, default=None,
+                        help="passes over the training data (exclusive with --steps)")
     p.add_argument("--schedule", default="constant",
                    help="constant|step|linear|cosine|cyclical|one-cycle")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
-    p.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm")
-    p.add_argument("--clip-value", type=float, default=None, help="clamp gradient elements")
+    p.add_argument("--clip-norm", type=float, default=None,
+                   help="clip the global gradient norm to this; None = off")
+    p.add_argument("--clip-value", type=float, default=None,
+                   help="clamp gradient elements to [-v, v]; None = off")
     p.add_argument("--on-nonfinite", default="skip", help="skip|stop on a NaN/Inf loss or grad")
     p.add_argument("--divergence-factor", type=float, default=1e3,
                    help="loss above this times the first loss ends the run as diverged")
-    p.add_argument("--early-stop-metric", default=None, help="e.g. val_loss (default: off)")
-    p.add_argument("--patience", type=int, default=None, help="evaluations without improvement")
+    p.add_argument("--early-stop-metric", default=None,
+                   help="metric to early-stop on, e.g. val_loss; None = off")
+    p.add_argument("--patience", type=int, default=None,
+                   help="evaluations without improvement; None = 5")
     p.add_argument("--min-delta", type=float, default=0.0, help="smallest improvement")
     p.add_argument("--precision", default="fp32", help="fp32|bf16|fp16 (fp16 needs CUDA)")
     p.add_argument("--eval-every", type=int, default=None,
-                   help="evaluate every N steps (default: 10 evaluations per run)")
+                   help="evaluate every N steps; None = 10 evaluations per run")
     p.add_argument("--log-every", type=int, default=10, help="metrics.jsonl row every N steps")
     p.add_argument("--seed", type=int, default=0, help="the one seed of the run")
     p.add_argument("--checkpoint-every", type=int, default=None,
-                   help="checkpoint every N steps (default: off)")
-    p.add_argument("--data-dir", default=None, help="directory with data files (mnist, cifar10)")
+                   help="checkpoint every N steps; None = off")
+    p.add_argument("--data-dir", default=None,
+                   help="directory with data files (mnist, cifar10); None = none needed")
     p.add_argument("--no-monitor", dest="monitor", action="store_false",
-                   help="do not log gradient norms and update ratios (default: logged)")
+                   help="do not log gradient norms and update ratios (monitor is on by default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
 
 
@@ -63,7 +70,7 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_run_options(p)
-    p.add_argument("--out", default=None, help="run directory (default: write no files)")
+    p.add_argument("--out", default=None, help="run directory; None = write no files")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

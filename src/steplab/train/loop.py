@@ -15,6 +15,7 @@ evaluation every ``eval_every`` steps and at the last; a checkpoint every
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from steplab import checkpoint
 from steplab.train.batches import BatchStream
 from steplab.train.config import TrainConfig
 from steplab.train.evaluate import EvalBook, evaluate
-from steplab.train.guards import DivergenceWatch, EarlyStopper, FiniteCheck, grad_total_norm
+from steplab.train.guards import DivergenceWatch, EarlyStopper, FiniteCheck
 from steplab.train.monitor import UpdateProbe, layer_grad_norms
 from steplab.train.output import to_json_value
 from steplab.train.progress import NoProgress, ProgressBar
@@ -157,7 +158,8 @@ class _Loop:
             scaler.unscale_(s.optimizer)
         else:
             loss.backward()  # type: ignore[no-untyped-call]
-        norm: torch.Tensor | None = None
+        # statistics of the raw gradients (before clipping), at log steps only
+        layers = layer_grad_norms(s.names, s.params) if log_now and cfg.monitor else None
         if cfg.clip_norm is not None:  # clipping computes the norm anyway: reuse it
             norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.clip_norm, foreach=True)
             finite = bool(torch.isfinite(norm))
@@ -168,17 +170,15 @@ class _Loop:
                 scaler.update()
                 self.watch.skipped += 1
                 return "skip"
-            return self.watch.nonfinite("gradient norm")
+            return self.watch.nonfinite("gradient")
         self.watch.grad_ok()
+        probe = None
+        if layers is not None:
+            total = math.sqrt(sum(v * v for v in layers.values()))
+            self.stats = {"grad_norm": total, "layer_grad_norms": layers}
+            probe = UpdateProbe(s.params)
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(s.params, cfg.clip_value, foreach=True)
-        probe = None
-        if log_now and cfg.monitor:
-            if norm is None:
-                norm = grad_total_norm(s.params)
-            self.stats = {"grad_norm": float(norm),
-                          "layer_grad_norms": layer_grad_norms(s.names, s.params)}
-            probe = UpdateProbe(s.params)
         if scaler is not None:
             scaler.step(s.optimizer)
             scaler.update()
