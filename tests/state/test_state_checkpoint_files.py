@@ -261,7 +261,7 @@ class _Odd(nn.Module):
         self.emb = nn.Embedding(5, 3)
         self.out = nn.Linear(3, 5, bias=False)
         self.out.weight = self.emb.weight
-        self.half = nn.Linear(3, 2).bfloat16()
+        self.low = nn.Linear(3, 2).bfloat16()
         self.t = nn.Parameter(torch.randn(4, 3).t())
 
 
@@ -271,4 +271,4 @@ def test_tied_bfloat16_and_non_contiguous_parameters_round_trip(tmp_path: Path) 
     other = _Odd()
     checkpoint.load(path, model=other)
     assert params_sha256(other) == params_sha256(model)
-    assert other.out.weight is other.emb.weight and other.half.weight.dtype == torch.bfloat16
+    assert other.out.weight is other.emb.weight and other.low.weight.dtype == torch.bfloat16

@@ -126,9 +126,7 @@ def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> No
             time.sleep(0.3)
             if not (tmp_path / "study.db").exists():
                 continue
-            states = (
-                [t.state for t in _study(tmp_path, "crash").trials] if _has_study(tmp_path) else []
-            )
+            states = _states(tmp_path)
             if states.count(TrialState.COMPLETE) >= 2 and states[-1] == TrialState.RUNNING:
                 break
         os.kill(proc.pid, signal.SIGKILL)
@@ -165,12 +163,12 @@ def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> No
     assert len(_study(tmp_path, "crash").trials) == len(after) and again.best_spec == res.best_spec
 
 
-def _has_study(out: Path) -> bool:
+def _states(out: Path) -> list[TrialState]:
+    """Trial states of the "crash" study, or [] while the worker is still creating it."""
     try:
-        _study(out, "crash")
-    except KeyError:
-        return False
-    return True
+        return [t.state for t in _study(out, "crash").trials]
+    except KeyError:  # Optuna's "Record does not exist." before the study is committed
+        return []
 
 
 @pytest.mark.slow

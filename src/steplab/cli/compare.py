@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                     "n_runs": result.n_runs,
                     "n_trained": result.n_trained,
                     "wall_time": result.wall_time,
-                "cpu_seconds": result.cpu_seconds,
+                    "cpu_seconds": result.cpu_seconds,
                     "verdicts": {r.optimizer: r.verdicts for r in result.analysis.rows},
                     "warnings": result.analysis.warnings,
                 },

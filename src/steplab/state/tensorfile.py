@@ -3,15 +3,16 @@
 The safetensors format is an 8-byte little-endian header length, a JSON
 header (``{key: {"dtype", "shape", "data_offsets": [begin, end]}}``, plus an
 optional ``"__metadata__"`` of strings), then the raw tensor bytes back to
-back. ``safetensors.torch.save_file`` first builds the whole file in one
-``bytes`` buffer; writing the header and then each tensor's bytes straight
-from its memory keeps the extra memory of a save at zero for contiguous CPU
-tensors, and lets us hash (SHA-256) each tensor on a second thread while the
-next bytes are written. Files written here open with ``safetensors.safe_open``.
+back. Writing the header and then each tensor's bytes straight from its
+memory keeps the extra memory of a save at zero for contiguous CPU tensors,
+and lets two threads hash (SHA-256) the tensors while the bytes are written.
+Files written here open with ``safetensors.safe_open``.
 
 Reading validates the header completely (dtypes, shapes, contiguous
-offsets, file size) before reading any tensor, and reads each tensor's bytes
-straight into a fresh tensor, so no pickle and no extra copy are involved.
+offsets, file size) before reading any tensor; hashes are checked through a
+memory map of the file before any byte is copied anywhere; then each
+tensor's bytes are read straight into a fresh tensor, or into an existing
+one (a model's parameter). No pickle is involved.
 
 >>> import tempfile, os, torch
 >>> path = os.path.join(tempfile.mkdtemp(), "t.safetensors")
@@ -130,7 +131,8 @@ def write_tensors(
 ) -> dict[str, str]:
     """Write tensors to a new safetensors file and fsync it.
 
-    Tensors on another device are copied to the CPU one at a time.
+    Tensors on another device are copied to the CPU one at a time. Every
+    tensor is hashed (SHA-256) on two threads while this thread writes.
 
     Args:
         path: file to create (overwritten if present).
@@ -143,20 +145,28 @@ def write_tensors(
     Raises:
         CheckpointError: for a dtype safetensors cannot hold.
     """
-    hashes: dict[str, str] = {}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         _write_all(fd, memoryview(_encode_header(tensors, metadata or {})))
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
+            # contiguous CPU tensors are hashed from their own memory on two threads while
+            # this one writes; others are copied to the CPU one at a time, hashed as written
+            early: dict[str, Future[str]] = {
+                key: pool.submit(_sha256, tensor_bytes(t))
+                for key, t in tensors if t.device.type == "cpu" and t.is_contiguous()
+            }
+            hashes: dict[str, str] = {}
             for key, t in tensors:
                 view = tensor_bytes(t.detach().cpu())
-                pending: Future[str] = pool.submit(_sha256, view)
+                pending = early.get(key) or pool.submit(_sha256, view)
                 _write_all(fd, view)
-                hashes[key] = pending.result()
+                if key not in early:
+                    hashes[key] = pending.result()
+            hashes.update({key: future.result() for key, future in early.items()})
         os.fsync(fd)
     finally:
         os.close(fd)
-    return hashes
+    return {key: hashes[key] for key, _ in tensors}
 
 
 def _bad(message: str) -> CheckpointError:

@@ -174,9 +174,7 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
         ax.text(ci.high, i, note, va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [r.optimizer for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel(
-        "steps to target\n(hatched: a seed missed it; a miss counts as the budget)"
-    )
+    ax.set_xlabel("steps to target\n(hatched: a seed missed it; a miss counts as the budget)")
     ax.set_title(f"{task}: steps to target (mean, 95% CI)")
     ax.grid(axis="x", alpha=0.3)
     return to_data_uri(fig)

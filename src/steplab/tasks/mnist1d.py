@@ -12,8 +12,13 @@ validation split: 3600 / 400 / 1000.
 The models follow the MNIST-1D repository's ``notebooks/models.py``:
 
 - logistic regression: one linear layer 40 → 10 (410 parameters);
-- MLP: 40 → 100 → 100 → 10 with ReLU, the second hidden layer residual
-  (``h + relu(W2 h)``), as ``MLPBase`` (15,210 parameters);
+- MLP: 40 → 256 → 256 → 10 with ReLU, the second hidden layer residual
+  (``h + relu(W2 h)``), as ``MLPBase`` at the width of the repository
+  trainer's arguments (``hidden_size`` 256 in ``notebooks/train.py``'s
+  ``get_model_args``; 78,858 parameters). The benchmark notebook does not
+  pass that width, so builds ``MLPBase``'s default 100, which plateaus at
+  about 65% test accuracy there and here, short of the paper's 68%
+  (docs/_bench_tasks.md);
 - CNN: three Conv1d layers of 25 channels (kernel 5/3/3, stride 2,
   padding 1) with ReLU, then a linear layer 125 → 10, as ``ConvBase``
   (5,210 parameters).
@@ -140,9 +145,12 @@ def mnist1d_arrays() -> dict[str, np.ndarray]:
 
 
 class _MLP(nn.Module):
-    """40 → 100 → 100 → 10, ReLU, residual second layer (MNIST-1D ``MLPBase``)."""
+    """40 → 256 → 256 → 10, ReLU, residual second layer (MNIST-1D ``MLPBase``).
 
-    def __init__(self, hidden: int = 100) -> None:
+    The width is the MNIST-1D trainer's ``hidden_size`` argument (256).
+    """
+
+    def __init__(self, hidden: int = 256) -> None:
         super().__init__()
         self.linear1 = nn.Linear(40, hidden, device="meta")
         self.linear2 = nn.Linear(hidden, hidden, device="meta")
@@ -221,11 +229,12 @@ class Mnist1dTask(ClassificationTask):
 
 
 #: model -> ((default steps, batch size, Adam lr), target); measured in docs/_bench_tasks.md.
-#: logreg and MLP keep the MNIST-1D trainer's Adam lr 0.01 and batch 100 (their accuracy
-#: plateaus by 1000-2000 steps); the CNN reaches the paper's accuracy at batch 200 and
-#: lr 0.02 in 1500 steps, where the trainer's setting stays near 91% even after 8000.
+#: logreg and MLP keep the MNIST-1D trainer's Adam lr 0.01 and batch 100 (logreg plateaus
+#: by 1000 steps, the width-256 MLP at about 67% from 2500); the CNN reaches the paper's
+#: accuracy at batch 200 and lr 0.02 in 1500 steps, where the trainer's setting stays
+#: near 91% even after 8000.
 MNIST1D_TASKS: dict[str, tuple[tuple[int, int, float], Target]] = {
     "logreg": ((1000, 100, 1e-2), Target("test_accuracy", 0.30, "max")),
-    "mlp": ((2000, 100, 1e-2), Target("test_accuracy", 0.62, "max")),
+    "mlp": ((2500, 100, 1e-2), Target("test_accuracy", 0.62, "max")),
     "cnn": ((1500, 200, 2e-2), Target("test_accuracy", 0.90, "max")),
 }

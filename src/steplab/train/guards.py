@@ -1,9 +1,7 @@
 """Guards of the training loop: non-finite steps, divergence and early stopping.
 
 * :class:`FiniteCheck` tells, with one fused kernel, whether every gradient
-  element is finite (the per-step check);
-* :func:`grad_total_norm` gives the global L2 norm of the gradients with one
-  ``torch._foreach_norm`` (logged at log steps).
+  element is finite (the per-step check).
 * :class:`DivergenceWatch` decides, from the per-step loss, whether a step
   must be skipped and whether the run has diverged.
 * :class:`EarlyStopper` tracks the best value of one evaluated metric.
@@ -23,32 +21,11 @@ __all__ = [
     "DivergenceWatch",
     "EarlyStopper",
     "FiniteCheck",
-    "grad_total_norm",
+    "metric_mode",
 ]
 
 #: non-finite steps in a row after which a run counts as diverged, even with ``skip``
 MAX_CONSECUTIVE_NONFINITE = 10
-
-
-def grad_total_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Return the global L2 norm of the gradients of ``params`` (a 0-d tensor).
-
-    Parameters without a gradient are left out; with none at all the norm is 0.
-
-    Example:
-        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.tensor([3.0, 4.0])
-        >>> float(grad_total_norm([p]))
-        5.0
-        >>> p.grad = torch.tensor([float("nan"), 0.0])
-        >>> bool(torch.isfinite(grad_total_norm([p])))
-        False
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    norms = torch._foreach_norm(grads)
-    total: torch.Tensor = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
-    return total
 
 
 class FiniteCheck:

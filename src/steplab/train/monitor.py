@@ -3,8 +3,8 @@
 All three cost a pass over the parameters, so the loop computes them only on
 steps that write a ``metrics.jsonl`` row:
 
-* ``grad_norm``: ``‖g‖₂`` over all gradients (before clipping);
-* ``layer_grad_norms``: ``‖g_i‖₂`` for each named parameter ``i``;
+* ``grad_norm``: ``‖g‖₂ = √(Σᵢ ‖gᵢ‖₂²)`` over all gradients, before clipping;
+* ``layer_grad_norms``: ``‖gᵢ‖₂`` for each named parameter ``i``, before clipping;
 * ``update_ratio``: ``‖θ_{t+1} − θ_t‖₂ / ‖θ_t‖₂`` over all parameters, the
   relative size of the step (about 1e-3 is the usual healthy range; Karpathy,
   "A Recipe for Training Neural Networks", 2019).
