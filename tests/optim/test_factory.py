@@ -159,3 +159,22 @@ def test_optimizer_info_by_class_and_flags() -> None:
         assert optimizer_info(opt).name == name
     with pytest.raises(SpecError, match="expected one of the registered kinds"):
         optimizer_info(torch.optim.LBFGS(w))
+
+
+def test_fused_momentum_survives_a_skipped_first_step() -> None:
+    """A GradScaler that skips the first step must not leave garbage momentum (torch fused SGD)."""
+    w = torch.nn.Parameter(torch.ones(1000))
+    opt = create_optimizer("momentum", [w], lr=0.1)
+    assert opt.defaults["fused"]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    junk = torch.full((1000,), 12345.0)  # leave recognisable junk in the allocator
+    del junk
+    scaler.scale((w * torch.tensor(float("inf"))).sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad()
+    assert torch.equal(w.detach(), torch.ones(1000))
+    assert torch.count_nonzero(opt.state[w]["momentum_buffer"]) == 0
+    (w * 2.0).sum().backward()
+    opt.step()
+    assert torch.equal(opt.state[w]["momentum_buffer"], torch.full((1000,), 2.0))

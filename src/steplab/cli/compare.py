@@ -28,68 +28,73 @@ def add_parser(subparsers: Any) -> None:
         "spec",
         nargs="?",
         default=None,
-        help="study TOML file (default: none, the built-in default study)",
+        help="study TOML file (if unset: none, the built-in default study)",
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="the one-minute preset instead of the default study (default: off)",
+        help="the one-minute preset instead of the default study",
     )
-    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the spec's)")
+    p.add_argument(
+        "--tasks", default=None, help="comma-separated task names (if unset: the spec's)"
+    )
     p.add_argument(
         "--optimizers",
         default=None,
-        help="comma-separated optimizer specs, e.g. 'adam,lookahead(adam)' (default: the spec's)",
+        help="comma-separated optimizer specs, e.g. 'adam,lookahead(adam)' (if unset: the spec's)",
     )
     p.add_argument(
-        "--seeds", type=int, default=None, help="seeds of each best setting (default: 3)"
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds of each best setting (if unset: the spec's, 3 by default)",
     )
     p.add_argument(
         "--budget",
         type=int,
         default=None,
-        help="lr search trials per optimizer and task (default: the spec's)",
+        help="lr search trials per optimizer and task (if unset: the spec's)",
     )
-    p.add_argument("--steps", type=int, default=None, help="steps per run (default: the spec's)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the spec's)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (if unset: the spec's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (if unset: the spec's)")
     p.add_argument(
         "--lr-span",
         type=float,
         default=None,
-        help="search lr in [c/span, c*span] around each default c (default: the spec's)",
+        help="search lr in [c/span, c*span] around each default c (if unset: the spec's)",
     )
     p.add_argument(
         "--search",
         choices=("auto", "grid", "halton"),
         default=None,
-        help="search kind (default: the spec's, 'auto' = log grid)",
+        help="search kind (if unset: the spec's, 'auto' = log grid)",
     )
     p.add_argument(
         "--baseline",
         default=None,
-        help="optimizer to compare every other with (default: a Lookahead's inner, else adam)",
+        help="optimizer to compare every other with (if unset: a Lookahead's inner, else adam)",
     )
     p.add_argument(
         "--trajectories",
         default=None,
         help="2-D functions to draw paths on, comma-separated, 'none' for no paths "
-        "(default: rosenbrock,rastrigin,beale)",
+        "(if unset: rosenbrock,rastrigin,beale)",
     )
-    p.add_argument("--out", default="steplab-out", help="output directory (default: steplab-out)")
+    p.add_argument("--out", default="steplab-out", help="output directory")
     p.add_argument(
         "--executor",
         choices=("local", "ray"),
         default="local",
-        help="where runs execute (default: local process pool)",
+        help="where runs execute",
     )
-    p.add_argument("--workers", type=int, default=None, help="parallel runs (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs (if unset: all cores)")
     p.add_argument(
         "--address",
         default=None,
-        help="Ray cluster address for --executor ray (default: start a local Ray)",
+        help="Ray cluster address for --executor ray (if unset: start a local Ray)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress display (default: off)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
 

@@ -88,7 +88,8 @@ def _torch_kwargs(
     if "fused" not in kwargs and "foreach" not in kwargs:
         impl = FASTEST_IMPLEMENTATION[spec.name]
         on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
-        if impl == "fused" and _fused_ok(cls, groups):
+        damped = kwargs.get("dampening", 0) != 0 or any(g.get("dampening", 0) for g in groups)
+        if impl == "fused" and _fused_ok(cls, groups) and not (cls is torch.optim.SGD and damped):
             kwargs["fused"] = True
         else:
             kwargs["foreach"] = not (on_cpu and impl == "for-loop")
@@ -152,5 +153,25 @@ def create_optimizer(
             opt = cls(groups, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise SpecError(f"optimizer spec '{parsed}': {exc}") from exc
+    if isinstance(opt, torch.optim.SGD) and opt.defaults.get("fused"):
+        opt.register_step_pre_hook(_init_fused_momentum)
     opt.steplab_spec = parsed  # type: ignore[attr-defined]
     return opt
+
+
+def _init_fused_momentum(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Give fused SGD a zero momentum buffer before its first step.
+
+    torch's fused SGD allocates the buffer with ``empty_like`` and lets the
+    kernel fill it on the first step; when a GradScaler skips that step
+    (inf/NaN gradients) the kernel writes nothing and the uninitialised memory
+    becomes the momentum. Starting from zeros is the same rule with dampening 0
+    (``b = 0.9 * 0 + g = g`` exactly), so we do that; damped SGD never takes the
+    fused path (see ``_torch_kwargs``).
+    """
+    for group in opt.param_groups:
+        if group["momentum"] == 0:
+            continue
+        for p in group["params"]:
+            if p.grad is not None and "momentum_buffer" not in opt.state[p]:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
