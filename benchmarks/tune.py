@@ -29,14 +29,14 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from steplab.study.tune import tune
+from steplab.study.tuning import tune
 
 TASK = "mnist1d-logreg"
 
 
 _RUN = """
 import sys, optuna, torch
-from steplab.study.tune import tune
+from steplab.study.tuning import tune
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 workers, trials, steps, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.set_num_threads(max(1, torch.get_num_threads() // 2))  # as each of 2 workers gets

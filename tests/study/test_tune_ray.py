@@ -12,7 +12,7 @@ import pytest
 
 from steplab.optim import parse_spec
 from steplab.study.ray_cluster import ensure_ray
-from steplab.study.tune import tune
+from steplab.study.tuning import tune
 
 
 @pytest.fixture(scope="module")

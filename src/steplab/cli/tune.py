@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the study; print the best spec (or JSON). Returns 0, or 1 if no trial completed."""
     import optuna
 
-    from steplab.study.tune import tune
+    from steplab.study.tuning import tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = tune(

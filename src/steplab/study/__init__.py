@@ -16,8 +16,8 @@ _EXPORTS: dict[str, str] = {
     "StudyResult": "steplab.study.compare",
     "lr_range_test": "steplab.study.lr_find",
     "LRRangeResult": "steplab.study.lr_find",
-    "tune": "steplab.study.tune",
-    "TuneResult": "steplab.study.tune",
+    "tune": "steplab.study.tuning",
+    "TuneResult": "steplab.study.tune_results",
     "ensure_ray": "steplab.study.ray_cluster",
 }
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +168,3 @@ def tune(
     info = {"metric": metric, "backend": backend, "storage": url, "study_name": name}
     return write_results(study, search, info, out)
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``steplab.study.tune`` be called even where it names this module.
-
-    ``steplab.study`` exports the function ``tune`` lazily, but once this
-    module is imported Python binds the *module* to the package attribute
-    ``tune``; forwarding calls keeps ``from steplab.study import tune; tune(...)``
-    working in both cases.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TuneResult:
-        return tune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
