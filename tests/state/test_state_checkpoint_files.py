@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from torch import nn
 from steplab import checkpoint
 from steplab.errors import CheckpointError, StateMismatchError
 from steplab.optim import create_optimizer
-from steplab.state import params_sha256
+from steplab.state import params_sha256, tensor_sha256
+from steplab.state.hashing import tensor_bytes
 from steplab.state.manifest import manifest_digest
 
 
@@ -53,14 +55,53 @@ def test_directory_holds_manifest_and_safetensors_keyed_by_name(tmp_path: Path) 
     path, _, _ = _saved(tmp_path)
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "tensors.safetensors"]
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["format"] == "steplab.checkpoint/1" and manifest["step"] == 3
+    assert manifest["format"] == "steplab.checkpoint/2" and manifest["step"] == 3
+    assert manifest["checksum"] == "crc32"
     with safe_open(str(path / "tensors.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         assert torch.equal(f.get_tensor("model/head.bias"), _saved_model_bias(path))
     assert {"model/encoder.weight", "optim/encoder.weight/exp_avg",
             "optim/encoder.weight/exp_avg_sq", "model/norm.running_var"} <= keys
     assert set(manifest["tensors"]) == keys
-    assert all(len(v["sha256"]) == 64 for v in manifest["tensors"].values())
+    with safe_open(str(path / "tensors.safetensors"), framework="pt") as f:
+        for key, info in manifest["tensors"].items():  # plain zlib CRC-32 of the bytes
+            assert info["crc32"] == format(zlib.crc32(tensor_bytes(f.get_tensor(key))), "08x")
+
+
+def _as_format_1(path: Path) -> None:
+    """Rewrite a checkpoint's manifest as format 1 wrote it: SHA-256 per tensor, no checksum."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    with safe_open(str(path / "tensors.safetensors"), framework="pt") as f:
+        for key, info in manifest["tensors"].items():
+            del info["crc32"]
+            info["sha256"] = tensor_sha256(f.get_tensor(key))
+    del manifest["checksum"]
+    manifest["format"] = "steplab.checkpoint/1"
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_format_1_checkpoints_with_sha256_still_load_and_are_verified(tmp_path: Path) -> None:
+    path, model, _ = _saved(tmp_path)
+    _as_format_1(path)
+    loaded = make_net(seed=4)
+    assert checkpoint.load(path, model=loaded).step == 3
+    assert params_sha256(loaded) == params_sha256(model)
+    data = bytearray((path / "tensors.safetensors").read_bytes())
+    data[-3] ^= 0x01
+    (path / "tensors.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        checkpoint.load(path, model=make_net())
+
+
+def test_unknown_checksum_algorithm_is_refused(tmp_path: Path) -> None:
+    path, _, _ = _saved(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["checksum"] = "none"
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"checksum: got 'none'"):
+        checkpoint.load(path, model=make_net())
 
 
 def _saved_model_bias(path: Path) -> torch.Tensor:

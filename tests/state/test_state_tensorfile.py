@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steplab.errors import CheckpointError
-from steplab.state.hashing import tensor_sha256
-from steplab.state.tensorfile import DTYPE_NAMES, read_header, read_tensors, write_tensors
+from steplab.state.hashing import (
+    CHUNK_BYTES,
+    crc32_combine,
+    digest_bytes,
+    tensor_bytes,
+    tensor_sha256,
+)
+from steplab.state.tensorfile import (
+    DTYPE_NAMES,
+    read_header,
+    read_tensors,
+    verify_tensors,
+    write_tensors,
+)
 
 
 def _all_dtypes() -> list[tuple[str, torch.Tensor]]:
@@ -20,14 +34,50 @@ def _all_dtypes() -> list[tuple[str, torch.Tensor]]:
             ("strided", torch.arange(12.0).reshape(3, 4).t())]
 
 
-def test_every_dtype_round_trips_bit_exactly_with_hashes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["crc32", "sha256"])
+def test_every_dtype_round_trips_bit_exactly_with_hashes(tmp_path: Path, algorithm: str) -> None:
     items = _all_dtypes()
-    hashes = write_tensors(tmp_path / "t.safetensors", items)
+    hashes = write_tensors(tmp_path / "t.safetensors", items, algorithm=algorithm)
+    assert hashes.algorithm == algorithm
     loaded = read_tensors(tmp_path / "t.safetensors", read_header(tmp_path / "t.safetensors"),
                           expected_sha256=hashes)
     for key, tensor in items:
         assert loaded[key].dtype == tensor.dtype and loaded[key].shape == tensor.shape
-        assert tensor_sha256(loaded[key]) == tensor_sha256(tensor) == hashes[key]
+        assert tensor_sha256(loaded[key]) == tensor_sha256(tensor)
+        assert hashes[key] == digest_bytes(tensor_bytes(tensor), algorithm)
+
+
+def test_chunked_checksums_equal_whole_tensor_ones_and_catch_a_flip_in_any_chunk(
+        tmp_path: Path) -> None:
+    path = tmp_path / "big.safetensors"
+    big = torch.arange(CHUNK_BYTES // 2 + 7, dtype=torch.float64)  # 4+ chunks, last one short
+    items = [("small", torch.ones(3)), ("big", big), ("empty", torch.zeros(0))]
+    hashes = write_tensors(path, items)
+    assert hashes["big"] == format(zlib.crc32(tensor_bytes(big)), "08x")
+    assert hashes["empty"] == format(zlib.crc32(b""), "08x")
+    header = read_header(path)
+    verify_tensors(path, header, hashes)
+    clean = path.read_bytes()
+    begin = header.data_start + header.entry("big").begin
+    for offset in (0, CHUNK_BYTES - 1, 2 * CHUNK_BYTES + 5, big.numel() * 8 - 1):
+        data = bytearray(clean)
+        data[begin + offset] ^= 0x80
+        path.write_bytes(bytes(data))
+        into = {"small": torch.zeros(3)}
+        with pytest.raises(CheckpointError, match="big: content hash mismatch"):
+            read_tensors(path, header, hashes, into)
+        assert torch.equal(into["small"], torch.zeros(3))  # nothing written before the check
+        with pytest.raises(CheckpointError, match="big: content hash mismatch"):
+            verify_tensors(path, header, hashes)
+
+
+def test_crc32_combine_matches_zlib_on_random_splits() -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        data = rng.randbytes(rng.randrange(0, 300))
+        cut = rng.randrange(0, len(data) + 1)
+        head, tail = data[:cut], data[cut:]
+        assert crc32_combine(zlib.crc32(head), zlib.crc32(tail), len(tail)) == zlib.crc32(data)
 
 
 def test_files_are_interchangeable_with_the_safetensors_library(tmp_path: Path) -> None:

@@ -34,7 +34,14 @@ from torch import nn
 
 from steplab.errors import CheckpointError, StateMismatchError
 from steplab.state.codec import decode, encode
-from steplab.state.manifest import FORMAT, MANIFEST, TENSORS, manifest_digest, open_checkpoint
+from steplab.state.manifest import (
+    CHECKSUM,
+    FORMAT,
+    MANIFEST,
+    TENSORS,
+    manifest_digest,
+    open_checkpoint,
+)
 from steplab.state.named import check_named_state_dict, load_named_state_dict, named_state_dict
 from steplab.state.names import canonical_module, clean_name
 from steplab.state.rng import capture_rng
@@ -99,7 +106,7 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedul
     keys = [clean_name(k) for k in model_state]
     tensors.extend((f"model/{k}", v) for k, v in zip(keys, model_state.values(), strict=True))
     body: dict[str, Any] = {
-        "format": FORMAT, "step": step, "created_unix": time.time(),
+        "format": FORMAT, "checksum": CHECKSUM, "step": step, "created_unix": time.time(),
         "torch_version": torch.__version__,
         "model": {"class": type(canonical_module(model)).__name__, "keys": keys},
         "optimizer": None if optimizer is None else encode(
@@ -146,9 +153,9 @@ def _commit(target: Path, tensors: list[tuple[str, torch.Tensor]], body: dict[st
     tmp = parent / f".tmp-{target.name}-{token}"
     tmp.mkdir()
     try:
-        hashes = write_tensors(tmp / TENSORS, tensors, {"format": FORMAT})
+        digests = write_tensors(tmp / TENSORS, tensors, {"format": FORMAT}, body["checksum"])
         body["tensors"] = {
-            k: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "sha256": hashes[k]}
+            k: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), CHECKSUM: digests[k]}
             for k, t in tensors
         }
         _write_manifest(tmp, body)
@@ -275,7 +282,8 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
         optimizer, scheduler, scaler: restored when given (the checkpoint must hold them).
         map_location: device to stage the read tensors on before they are copied in.
         restore_rng: restore the Python, NumPy and torch RNG states.
-        verify: check every tensor's SHA-256 against the manifest.
+        verify: check every tensor's checksum (CRC-32; SHA-256 in format 1
+            checkpoints) against the manifest.
         strict: any missing, unexpected or shape-mismatched name is an error.
 
     Returns:
@@ -294,10 +302,10 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
             (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler))}
     if optimizer is not None:  # names and shapes only: the encoded form has them all
         check_named_state_dict(optimizer, model, manifest["optimizer"], strict)
-    # hashes are verified before any byte lands; matching CPU parameters are read in place
+    # checksums are verified while reading; the model's own tensors are written only after
     into = {f"model/{name}": target for name, target in targets.items()}
     tensors = read_tensors(ckpt.tensors_path, ckpt.header,
-                           ckpt.expected_sha256 if verify else None, into)
+                           ckpt.expected_digests if verify else None, into)
     if map_location is not None:
         tensors = {k: v if k in into else v.to(map_location) for k, v in tensors.items()}
     try:

@@ -49,7 +49,7 @@ class Checkpointer:
         root: directory holding the checkpoints (created if needed).
         every: :meth:`maybe_save` saves when ``step % every == 0``.
         keep_last: how many complete checkpoints to keep (None: all).
-        verify: :meth:`latest` checks every tensor hash (True) or only the
+        verify: :meth:`latest` checks every tensor checksum (True) or only the
             manifest and header (False; faster for big checkpoints).
 
     Raises:
@@ -149,7 +149,7 @@ class Checkpointer:
             try:
                 ckpt = open_checkpoint(path)
                 if self.verify:
-                    verify_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_sha256)
+                    verify_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_digests)
             except CheckpointError as exc:
                 warnings.warn(f"skipping checkpoint {path.name}: {exc}", stacklevel=2)
                 continue

@@ -6,11 +6,15 @@ A checkpoint is a directory with two files:
   ``optim/<name>/<buffer>``, ``lookahead/<name>/<buffer>``,
   ``scheduler/...``, ``scaler/...``;
 - ``manifest.json``, written last: ``format``, ``step``, ``torch_version``,
-  ``tensors`` (``{key: {"dtype", "shape", "sha256"}}`` in file order),
+  ``checksum`` (the algorithm, ``"crc32"``), ``tensors`` (``{key: {"dtype",
+  "shape", <algorithm>: hex}}`` in file order),
   ``model`` (``{"class", "keys"}``), ``optimizer`` (the named state dict with
   tensors replaced by references), ``scheduler``, ``scaler``, ``rng``,
   ``extra`` and ``manifest_sha256``, a SHA-256 of the canonical JSON of all
   the other fields, so that an edited manifest is refused.
+
+Format 2 (written now) names its per-tensor ``checksum`` algorithm; format 1
+(read still) had no such field and stored ``sha256`` for every tensor.
 
 :func:`open_checkpoint` reads nothing but JSON and the safetensors header:
 any file that is not such a directory (a pickle, a ``torch.save`` zip) is
@@ -27,19 +31,25 @@ from pathlib import Path
 from typing import Any
 
 from steplab.errors import CheckpointError
+from steplab.state.hashing import ALGORITHMS, Digests
 from steplab.state.tensorfile import DTYPE_NAMES, Header, read_header
 
 __all__ = [
+    "CHECKSUM",
     "FORMAT",
     "MANIFEST",
     "TENSORS",
     "OpenCheckpoint",
+    "checksum_algorithm",
     "manifest_digest",
     "open_checkpoint",
 ]
 
 #: format tag written into every manifest
-FORMAT = "steplab.checkpoint/1"
+FORMAT = "steplab.checkpoint/2"
+#: the checksum algorithm new checkpoints use
+CHECKSUM = "crc32"
+_FORMAT_1 = "steplab.checkpoint/1"  # per-tensor SHA-256, no "checksum" field
 MANIFEST = "manifest.json"
 TENSORS = "tensors.safetensors"
 _MAX_MANIFEST = 256 * 1024 * 1024
@@ -62,9 +72,31 @@ class OpenCheckpoint:
         return self.path / TENSORS
 
     @property
-    def expected_sha256(self) -> dict[str, str]:
-        """Content hash of each tensor, by key."""
-        return {k: v["sha256"] for k, v in self.manifest["tensors"].items()}
+    def algorithm(self) -> str:
+        """The per-tensor checksum algorithm (``"sha256"`` for format 1)."""
+        return checksum_algorithm(self.manifest)
+
+    @property
+    def expected_digests(self) -> Digests:
+        """Checksum of each tensor, by key, with its algorithm."""
+        algorithm = self.algorithm
+        return Digests(algorithm, {k: v[algorithm] for k, v in self.manifest["tensors"].items()})
+
+    @property
+    def expected_sha256(self) -> Digests:
+        """Alias of :attr:`expected_digests`, kept for callers of format 1 (may be CRC-32)."""
+        return self.expected_digests
+
+
+def checksum_algorithm(manifest: dict[str, Any]) -> str:
+    """The checksum algorithm a (format-checked) manifest uses for its tensors."""
+    if manifest.get("format") == _FORMAT_1:
+        return "sha256"
+    algorithm = manifest.get("checksum")
+    if algorithm not in ALGORITHMS:
+        raise CheckpointError(
+            f"{MANIFEST} checksum: got {algorithm!r}, expected one of {list(ALGORITHMS)}")
+    return str(algorithm)
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -98,20 +130,23 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{MANIFEST}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{MANIFEST}: got {type(manifest).__name__}, expected an object")
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in (FORMAT, _FORMAT_1):
         raise CheckpointError(
             f"{MANIFEST} format: got {manifest.get('format')!r}, expected {FORMAT!r}"
+            f" (or {_FORMAT_1!r})"
         )
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         raise CheckpointError(f"{MANIFEST}: content hash mismatch (edited or corrupt)")
     for key, kind in _REQUIRED.items():
         if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
             raise CheckpointError(f"{MANIFEST} {key}: got {manifest.get(key)!r}, expected {kind}")
+    checksum_algorithm(manifest)
     return manifest
 
 
 def _check_header_matches(manifest: dict[str, Any], header: Header) -> None:
     listed: dict[str, Any] = manifest["tensors"]
+    algorithm = checksum_algorithm(manifest)
     stored = {e.key: e for e in header.entries}
     if set(listed) != set(stored):
         diff = sorted(set(listed) ^ set(stored))[:3]
@@ -120,7 +155,7 @@ def _check_header_matches(manifest: dict[str, Any], header: Header) -> None:
         entry = stored[key]
         if not isinstance(info, dict) or info.get("dtype") != DTYPE_NAMES[entry.dtype] or (
             info.get("shape") != list(entry.shape)
-        ) or not isinstance(info.get("sha256"), str):
+        ) or not isinstance(info.get(algorithm), str):
             raise CheckpointError(f"{TENSORS}: tensor {key!r} disagrees with {MANIFEST}")
 
 

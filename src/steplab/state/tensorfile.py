@@ -4,15 +4,17 @@ The safetensors format is an 8-byte little-endian header length, a JSON
 header (``{key: {"dtype", "shape", "data_offsets": [begin, end]}}``, plus an
 optional ``"__metadata__"`` of strings), then the raw tensor bytes back to
 back. Writing the header and then each tensor's bytes straight from its
-memory keeps the extra memory of a save at zero for contiguous CPU tensors,
-and lets two threads hash (SHA-256) the tensors while the bytes are written.
+memory, in chunks, keeps the extra memory of a save at zero for contiguous
+CPU tensors, and lets worker threads checksum (CRC-32 by default, see
+:mod:`steplab.state.hashing`) chunk ``i`` while chunk ``i + 1`` is written.
 Files written here open with ``safetensors.safe_open``.
 
 Reading validates the header completely (dtypes, shapes, contiguous
-offsets, file size) before reading any tensor; hashes are checked through a
-memory map of the file before any byte is copied anywhere; then each
-tensor's bytes are read straight into a fresh tensor, or into an existing
-one (a model's parameter). No pickle is involved.
+offsets, file size) before reading any tensor, then reads each tensor's
+bytes straight into a fresh tensor, checksumming each chunk on a worker
+thread while the next is read. An existing tensor (a model's parameter) is
+read into directly only without verification; with it, it is filled only
+after every checksum matched. No pickle is involved.
 
 >>> import tempfile, os, torch
 >>> path = os.path.join(tempfile.mkdtemp(), "t.safetensors")
@@ -26,20 +28,19 @@ one (a model's parameter). No pickle is involved.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import mmap
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from steplab.errors import CheckpointError
-from steplab.state.hashing import tensor_bytes
+from steplab.state.hashing import ALGORITHMS, CHUNK_BYTES, Digests, StreamDigests, tensor_bytes
 
 __all__ = [
     "DTYPE_NAMES",
@@ -97,10 +98,6 @@ class Header:
         raise CheckpointError(f"tensors.safetensors: no tensor {key!r}")
 
 
-def _sha256(view: memoryview) -> str:
-    return hashlib.sha256(view).hexdigest()
-
-
 def _write_all(fd: int, view: memoryview) -> None:
     while len(view):
         written = os.write(fd, view)
@@ -128,45 +125,47 @@ def write_tensors(
     path: str | os.PathLike[str],
     tensors: Sequence[tuple[str, torch.Tensor]],
     metadata: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """Write tensors to a new safetensors file and fsync it.
+    algorithm: str = "crc32",
+) -> Digests:
+    """Write tensors to a new safetensors file and fsync it, checksumming as they pass.
 
-    Tensors on another device are copied to the CPU one at a time. Every
-    tensor is hashed (SHA-256) on two threads while this thread writes.
+    The bytes go out in chunks of :data:`CHUNK_BYTES` straight from the
+    tensors' memory (no copy for contiguous CPU tensors); each chunk is
+    checksummed on a worker thread while this one writes it and the next.
+    Tensors on another device are copied to the CPU one at a time.
 
     Args:
         path: file to create (overwritten if present).
         tensors: ``(key, tensor)`` pairs in the order to store them; keys unique.
         metadata: strings for the header's ``__metadata__``.
+        algorithm: checksum, one of :data:`ALGORITHMS`.
 
     Returns:
-        SHA-256 (hex) of each tensor's bytes, by key.
+        The checksum (hex) of each tensor's bytes, by key.
 
     Raises:
-        CheckpointError: for a dtype safetensors cannot hold.
+        CheckpointError: for a dtype safetensors cannot hold or an unknown algorithm.
     """
+    if algorithm not in ALGORITHMS:
+        raise CheckpointError(f"algorithm: got {algorithm!r}, expected one of {ALGORITHMS}")
+    header = _encode_header(tensors, metadata or {})
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, memoryview(_encode_header(tensors, metadata or {})))
-        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
-            # contiguous CPU tensors are hashed from their own memory on two threads while
-            # this one writes; others are copied to the CPU one at a time, hashed as written
-            early: dict[str, Future[str]] = {
-                key: pool.submit(_sha256, tensor_bytes(t))
-                for key, t in tensors if t.device.type == "cpu" and t.is_contiguous()
-            }
-            hashes: dict[str, str] = {}
+        _write_all(fd, memoryview(header))
+        with ThreadPoolExecutor(max_workers=2) as pool:  # zlib/hashlib release the GIL
+            stream = StreamDigests(algorithm, pool)
             for key, t in tensors:
                 view = tensor_bytes(t.detach().cpu())
-                pending = early.get(key) or pool.submit(_sha256, view)
-                _write_all(fd, view)
-                if key not in early:
-                    hashes[key] = pending.result()
-            hashes.update({key: future.result() for key, future in early.items()})
+                for start in range(0, len(view), CHUNK_BYTES):
+                    chunk = view[start:start + CHUNK_BYTES]
+                    stream.add(key, chunk)
+                    _write_all(fd, chunk)
+                stream.finish(key)
+            digests = stream.results()
         os.fsync(fd)
     finally:
         os.close(fd)
-    return {key: hashes[key] for key, _ in tensors}
+    return Digests(algorithm, {key: digests[key] for key, _ in tensors})
 
 
 def _bad(message: str) -> CheckpointError:
@@ -239,30 +238,57 @@ def _read_into(f: Any, view: memoryview) -> None:
         view = view[n:]
 
 
+def _algorithm_of(expected: Mapping[str, str]) -> str:
+    """The algorithm of :class:`Digests`; SHA-256 for a plain mapping (format 1)."""
+    algorithm = getattr(expected, "algorithm", "sha256")
+    if algorithm not in ALGORITHMS:
+        raise _bad(f"checksum: got {algorithm!r}, expected one of {ALGORITHMS}")
+    return str(algorithm)
+
+
+def _check_digests(header: Header, expected: Mapping[str, str], got: Digests) -> None:
+    for e in header.entries:
+        if got.get(e.key) != expected.get(e.key):
+            raise _bad(f"{e.key}: content hash mismatch (corrupt file), "
+                       f"expected {got.algorithm} {expected.get(e.key)}")
+
+
 def verify_tensors(
     path: str | os.PathLike[str], header: Header, expected_sha256: Mapping[str, str]
 ) -> None:
-    """Check every tensor's SHA-256, reading the file through a memory map (no copies).
+    """Check every tensor's checksum, reading the file through a memory map (no copies).
+
+    Args:
+        path: the file ``header`` was read from.
+        header: from :func:`read_header`.
+        expected_sha256: checksums by key: :class:`Digests` (whose
+            ``algorithm`` is used) or a plain mapping of SHA-256 hex digests.
 
     Raises:
-        CheckpointError: on the first tensor whose bytes do not hash as expected.
+        CheckpointError: on the first tensor whose bytes do not check as expected.
     """
     if not header.entries:
         return
+    algorithm = _algorithm_of(expected_sha256)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        spans = [(header.data_start + e.begin, header.data_start + e.end)
-                 for e in header.entries]
-        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
-            digests = list(pool.map(lambda span: _hash_span(mapped, *span), spans))
-    for e, digest in zip(header.entries, digests, strict=True):
-        if digest != expected_sha256.get(e.key):
-            raise _bad(f"{e.key}: content hash mismatch (corrupt file), "
-                       f"expected {expected_sha256.get(e.key)}")
+        got = _digest_mapped(mapped, header, algorithm)  # drops its views before the unmap
+    _check_digests(header, expected_sha256, got)
 
 
-def _hash_span(mapped: mmap.mmap, start: int, end: int) -> str:
-    with memoryview(mapped) as view, view[start:end] as span:
-        return _sha256(span)
+def _digest_mapped(mapped: mmap.mmap, header: Header, algorithm: str) -> Digests:
+    with memoryview(mapped) as whole, ThreadPoolExecutor(max_workers=2) as pool:
+        stream = StreamDigests(algorithm, pool)
+        chunks: list[memoryview] = []
+        for e in header.entries:
+            begin, end = header.data_start + e.begin, header.data_start + e.end
+            for start in range(begin, end, CHUNK_BYTES):
+                chunks.append(whole[start:min(start + CHUNK_BYTES, end)])
+                stream.add(e.key, chunks[-1])
+            stream.finish(e.key)
+        digests = stream.results()
+        for chunk in chunks:
+            chunk.release()
+    return digests
 
 
 def _fits(dest: torch.Tensor | None, entry: TensorEntry) -> bool:
@@ -276,33 +302,58 @@ def read_tensors(
     expected_sha256: Mapping[str, str] | None = None,
     into: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read every tensor of a validated file, verifying hashes first when given.
+    """Read every tensor of a validated file, verifying checksums while reading when given.
+
+    Each tensor's bytes are read in chunks straight into its memory; each
+    chunk is checksummed on a worker thread while the next one is read.
 
     Args:
         path: the file ``header`` was read from.
         header: from :func:`read_header`.
-        expected_sha256: when given, every tensor's bytes must hash to this,
-            checked before any byte is written anywhere.
+        expected_sha256: checksums by key (:class:`Digests`, or a plain
+            mapping of SHA-256 hex digests). When given, nothing in ``into``
+            is written until every tensor has checked: those tensors are read
+            into fresh memory first and copied in at the end.
         into: existing CPU contiguous tensors of the same dtype and shape to
-            read straight into (e.g. a model's parameters), by key; other keys
-            get fresh tensors.
+            fill (e.g. a model's parameters), by key; other keys get fresh tensors.
 
     Returns:
         Tensors by key, in file order (``into``'s own tensors where used).
 
     Raises:
-        CheckpointError: on a short read or a hash mismatch.
+        CheckpointError: on a short read or a checksum mismatch.
     """
-    if expected_sha256 is not None:
-        verify_tensors(path, header, expected_sha256)
+    verify = expected_sha256 is not None
+    algorithm = _algorithm_of(expected_sha256) if expected_sha256 is not None else "crc32"
     out: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f, torch.no_grad():
+    with (open(path, "rb", buffering=0) as f, torch.no_grad(),
+          ThreadPoolExecutor(max_workers=2) as pool):
+        stream = StreamDigests(algorithm, pool)
         f.seek(header.data_start)
         for e in header.entries:
             dest = None if into is None else into.get(e.key)
-            tensor = dest if dest is not None and _fits(dest, e) else torch.empty(
-                e.shape, dtype=e.dtype)
-            if tensor.numel():
-                _read_into(f, tensor_bytes(tensor.detach()))
+            tensor = dest if dest is not None and _fits(dest, e) and not verify else (
+                torch.empty(e.shape, dtype=e.dtype))
+            view = tensor_bytes(tensor) if tensor.numel() else memoryview(b"")
+            for start in range(0, len(view), CHUNK_BYTES):
+                chunk = view[start:start + CHUNK_BYTES]
+                _read_into(f, chunk)
+                if verify:
+                    stream.add(e.key, chunk)
+            stream.finish(e.key)
             out[e.key] = tensor
+        got = stream.results()
+    if expected_sha256 is not None:
+        _check_digests(header, expected_sha256, got)
+        _fill(out, header, into or {})
     return out
+
+
+def _fill(out: dict[str, torch.Tensor], header: Header, into: Mapping[str, torch.Tensor]) -> None:
+    """Copy verified tensors into the matching ``into`` tensors, which then replace them."""
+    with torch.no_grad():
+        for e in header.entries:
+            dest = into.get(e.key)
+            if dest is not None and dest is not out[e.key] and _fits(dest, e):
+                dest.copy_(out[e.key])
+                out[e.key] = dest
