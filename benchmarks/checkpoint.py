@@ -20,6 +20,10 @@ interleaved repeats and medians, it times:
   first touched (the model's tensors are copied): it reads a third of the
   bytes up front. Ratios against it and against ``load_file`` alone are both
   printed;
+- resume: each load above (steplab, ``load_file`` + ``load_state_dict``)
+  followed by one in-place write to every optimizer state tensor, as the
+  first training step after a resume does: the lazily mapped baseline pays
+  its deferred page faults and copy-on-write copies there;
 - the time the calling thread is blocked by ``Checkpointer.save(blocking=False)``,
   for the first save (staging buffers allocated) and later ones (reused);
 - peak extra memory (VmHWM minus RSS before, in a fresh subprocess each, peak
@@ -100,6 +104,19 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def first_write(opt: torch.optim.Optimizer) -> None:
+    """Write every optimizer state tensor once, as the first step after a resume does.
+
+    Lazily mapped state (``load_file``) pays its page faults and copy-on-write
+    copies here; state read eagerly has paid them already.
+    """
+    with torch.no_grad():
+        for state in opt.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.dim():
+                    value.mul_(1.0)
+
+
 def operations(model: nn.Module, opt: torch.optim.Optimizer,
                work: Path) -> dict[str, Callable[[], object]]:
     """Each measured operation as a zero-argument callable (save ops first)."""
@@ -111,7 +128,7 @@ def operations(model: nn.Module, opt: torch.optim.Optimizer,
         model.load_state_dict(loaded["model"])
         fresh_optimizer(model).load_state_dict(loaded["optim"])
 
-    def safetensors_load_state_dict() -> None:
+    def safetensors_load_state_dict() -> torch.optim.Optimizer:
         """load_file, then the model's and a fresh optimizer's own load_state_dict."""
         loaded = load_file(st)
         model.load_state_dict({k: loaded[f"model/{k}"] for k in model.state_dict()})
@@ -120,6 +137,12 @@ def operations(model: nn.Module, opt: torch.optim.Optimizer,
         state = {i: {key: loaded[f"optim/{i}/{key}"] for key in opt.state[p]}
                  for i, p in enumerate(model.parameters())}
         fresh.load_state_dict({"state": state, "param_groups": groups})
+        return fresh
+
+    def steplab_load(verify: bool = True) -> torch.optim.Optimizer:
+        fresh = fresh_optimizer(model)
+        checkpoint.load(ours, model=model, optimizer=fresh, verify=verify)
+        return fresh
 
     def safetensors_load() -> None:
         """load_file maps the file lazily: copy into the live tensors, as a resume must."""
@@ -138,14 +161,15 @@ def operations(model: nn.Module, opt: torch.optim.Optimizer,
                                                 "optim": opt.state_dict()}, pt),
         "save: safetensors": lambda: save_file(flat, st),
         "save: safetensors + fsync": safetensors_fsync,
-        "load: steplab": lambda: checkpoint.load(ours, model=model,
-                                                 optimizer=fresh_optimizer(model)),
-        "load: steplab, verify=False": lambda: checkpoint.load(
-            ours, model=model, optimizer=fresh_optimizer(model), verify=False),
+        "load: steplab": steplab_load,
+        "load: steplab, verify=False": lambda: steplab_load(verify=False),
         "load: torch.load + load_state_dict": torch_load,
         "load: safetensors": safetensors_load_state_dict,
         "load: load_file + copy into existing tensors": safetensors_load,
         "load: load_file only (lazy)": lambda: load_file(st),
+        "resume: steplab": lambda: first_write(steplab_load()),
+        "resume: steplab, verify=False": lambda: first_write(steplab_load(verify=False)),
+        "resume: safetensors": lambda: first_write(safetensors_load_state_dict()),
     }
 
 
@@ -240,7 +264,8 @@ def run(n_params: int, repeats: int, work: Path) -> None:
             times[name].append(_timed(fn))
     med = {name: statistics.median(v) for name, v in times.items()}
     for kind, bases in (("save", ("save: safetensors + fsync", "save: safetensors")),
-                        ("load", ("load: safetensors", "load: load_file only (lazy)"))):
+                        ("load", ("load: safetensors", "load: load_file only (lazy)")),
+                        ("resume", ("resume: safetensors",))):
         rows = [(n, t, "|".join(f"{t / med[b]:.2f}x" for b in bases))
                 for n, t in med.items() if n.startswith(kind)]
         console.print(_table(f"{kind} time (median of {repeats}, s)", rows, "seconds",

@@ -11,6 +11,10 @@ from steplab.optim import create_optimizer
 class Net(nn.Module):
     """A tiny MLP with a norm layer (a buffer too) whose parameter order can be reversed."""
 
+    encoder: nn.Linear
+    norm: nn.BatchNorm1d
+    head: nn.Linear
+
     def __init__(self, reverse: bool = False, width: int = 6) -> None:
         super().__init__()
         layers = {"encoder": nn.Linear(4, width), "norm": nn.BatchNorm1d(width),
@@ -19,7 +23,8 @@ class Net(nn.Module):
             self.add_module(name, layers[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.tanh(self.norm(self.encoder(x))))
+        out: torch.Tensor = self.head(torch.tanh(self.norm(self.encoder(x))))
+        return out
 
 
 def make_net(seed: int = 0, reverse: bool = False, width: int = 6) -> Net:

@@ -40,7 +40,7 @@ def test_every_dtype_round_trips_bit_exactly_with_hashes(tmp_path: Path, algorit
     hashes = write_tensors(tmp_path / "t.safetensors", items, algorithm=algorithm)
     assert hashes.algorithm == algorithm
     loaded = read_tensors(tmp_path / "t.safetensors", read_header(tmp_path / "t.safetensors"),
-                          expected_sha256=hashes)
+                          expected_digests=hashes)
     for key, tensor in items:
         assert loaded[key].dtype == tensor.dtype and loaded[key].shape == tensor.shape
         assert tensor_sha256(loaded[key]) == tensor_sha256(tensor)

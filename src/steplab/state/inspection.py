@@ -319,7 +319,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> StateReport:
         CheckpointError: if the checkpoint is missing, corrupt or not a checkpoint.
     """
     ckpt = open_checkpoint(_resolve(Path(path)))
-    tensors = read_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_sha256)
+    tensors = read_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_digests)
     sizes = {k.removeprefix("model/"): (str(t.dtype).removeprefix("torch."),
                                          t.numel() * t.element_size())
              for k, t in tensors.items() if k.startswith("model/")}

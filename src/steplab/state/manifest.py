@@ -82,11 +82,6 @@ class OpenCheckpoint:
         algorithm = self.algorithm
         return Digests(algorithm, {k: v[algorithm] for k, v in self.manifest["tensors"].items()})
 
-    @property
-    def expected_sha256(self) -> Digests:
-        """Alias of :attr:`expected_digests`, kept for callers of format 1 (may be CRC-32)."""
-        return self.expected_digests
-
 
 def checksum_algorithm(manifest: dict[str, Any]) -> str:
     """The checksum algorithm a (format-checked) manifest uses for its tensors."""

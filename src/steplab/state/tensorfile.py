@@ -21,7 +21,7 @@ after every checksum matched. No pickle is involved.
 >>> items = [("a", torch.arange(4.0)), ("b", torch.ones(2, dtype=torch.int64))]
 >>> hashes = write_tensors(path, items)
 >>> header = read_header(path)
->>> tensors = read_tensors(path, header, expected_sha256=hashes)
+>>> tensors = read_tensors(path, header, expected_digests=hashes)
 >>> tensors["a"].tolist(), tensors["b"].dtype
 ([0.0, 1.0, 2.0, 3.0], torch.int64)
 """
@@ -254,14 +254,14 @@ def _check_digests(header: Header, expected: Mapping[str, str], got: Digests) ->
 
 
 def verify_tensors(
-    path: str | os.PathLike[str], header: Header, expected_sha256: Mapping[str, str]
+    path: str | os.PathLike[str], header: Header, expected_digests: Mapping[str, str]
 ) -> None:
     """Check every tensor's checksum, reading the file through a memory map (no copies).
 
     Args:
         path: the file ``header`` was read from.
         header: from :func:`read_header`.
-        expected_sha256: checksums by key: :class:`Digests` (whose
+        expected_digests: checksums by key: :class:`Digests` (whose
             ``algorithm`` is used) or a plain mapping of SHA-256 hex digests.
 
     Raises:
@@ -269,10 +269,10 @@ def verify_tensors(
     """
     if not header.entries:
         return
-    algorithm = _algorithm_of(expected_sha256)
+    algorithm = _algorithm_of(expected_digests)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         got = _digest_mapped(mapped, header, algorithm)  # drops its views before the unmap
-    _check_digests(header, expected_sha256, got)
+    _check_digests(header, expected_digests, got)
 
 
 def _digest_mapped(mapped: mmap.mmap, header: Header, algorithm: str) -> Digests:
@@ -299,7 +299,7 @@ def _fits(dest: torch.Tensor | None, entry: TensorEntry) -> bool:
 def read_tensors(
     path: str | os.PathLike[str],
     header: Header,
-    expected_sha256: Mapping[str, str] | None = None,
+    expected_digests: Mapping[str, str] | None = None,
     into: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read every tensor of a validated file, verifying checksums while reading when given.
@@ -310,7 +310,7 @@ def read_tensors(
     Args:
         path: the file ``header`` was read from.
         header: from :func:`read_header`.
-        expected_sha256: checksums by key (:class:`Digests`, or a plain
+        expected_digests: checksums by key (:class:`Digests`, or a plain
             mapping of SHA-256 hex digests). When given, nothing in ``into``
             is written until every tensor has checked: those tensors are read
             into fresh memory first and copied in at the end.
@@ -323,8 +323,8 @@ def read_tensors(
     Raises:
         CheckpointError: on a short read or a checksum mismatch.
     """
-    verify = expected_sha256 is not None
-    algorithm = _algorithm_of(expected_sha256) if expected_sha256 is not None else "crc32"
+    verify = expected_digests is not None
+    algorithm = _algorithm_of(expected_digests) if expected_digests is not None else "crc32"
     out: dict[str, torch.Tensor] = {}
     with (open(path, "rb", buffering=0) as f, torch.no_grad(),
           ThreadPoolExecutor(max_workers=2) as pool):
@@ -343,8 +343,8 @@ def read_tensors(
             stream.finish(e.key)
             out[e.key] = tensor
         got = stream.results()
-    if expected_sha256 is not None:
-        _check_digests(header, expected_sha256, got)
+    if expected_digests is not None:
+        _check_digests(header, expected_digests, got)
         _fill(out, header, into or {})
     return out
 
