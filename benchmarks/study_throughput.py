@@ -1,6 +1,7 @@
 """Study throughput: runs per minute with 2 workers against 1, and whether vmap batching pays.
 
-1. A small study's runs (MNIST-1D MLP, short runs, distinct learning rates) go
+1. A small study's runs (the default study's run shape: MNIST-1D CNN, 600
+   steps, batch 64, evaluation every 50 steps; distinct learning rates) go
    through :func:`steplab.study.executor.run_jobs` with a local pool of 1 and
    of 2 workers, interleaved, after one warm-up pool (the fork server's
    imports are paid once per process). Target: 2 workers >= 1.7x the runs per
@@ -33,13 +34,12 @@ def _jobs(root: Path, n: int, steps: int) -> list[RunJob]:
     jobs = []
     for i in range(n):
         config = {
-            "task": "mnist1d-mlp",
+            "task": "mnist1d-cnn",
             "optimizer": "adam",
             "lr": 1e-3 * (1 + i),
             "steps": steps,
             "batch_size": 64,
-            "eval_every": steps // 4,
-            "monitor": False,
+            "eval_every": 50,
         }
         jobs.append(RunJob(config, str(root / f"run{i}"), f"run {i}"))
     return jobs
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (default: off)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    n, steps, repeats = (6, 150, 1) if args.quick else (8, 300, 3)
+    n, steps, repeats = (6, 200, 1) if args.quick else (12, 600, 3)
     runs_per_minute(2, 2, 20)  # warm-up: starts the fork server once
     pools: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(repeats):
@@ -131,7 +131,7 @@ def _print(
     )
     one = statistics.median(pools[1])
     table = Table(
-        title=f"study throughput: {n} MNIST-1D MLP runs of {steps} steps "
+        title=f"study throughput: {n} MNIST-1D CNN runs of {steps} steps "
         f"(medians of {len(pools[1])} interleaved repeats)"
     )
     for col in ("executor", "runs/min", "vs 1 worker", "target"):
