@@ -5,7 +5,7 @@ and 94% (CNN). A minimal Adam loop at each task's defaults (batch size, steps,
 lr; seeded shuffling; one torch thread) is run for three seeds and the mean
 test accuracy must land within 2 points of the paper. The MLP is built at
 the width of the repository's trainer arguments (``hidden_size`` 256); at
-``MLPBase``'s default width 100 it plateaus near 65% (docs/_bench_tasks.md).
+``MLPBase``'s default width 100 it plateaus near 65% (docs/benchmarks.md).
 Run with ``-s`` to print the figures recorded there.
 """
 

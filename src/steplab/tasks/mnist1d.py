@@ -18,7 +18,7 @@ The models follow the MNIST-1D repository's ``notebooks/models.py``:
   ``get_model_args``; 78,858 parameters). The benchmark notebook does not
   pass that width, so builds ``MLPBase``'s default 100, which plateaus at
   about 65% test accuracy there and here, short of the paper's 68%
-  (docs/_bench_tasks.md);
+  (docs/benchmarks.md);
 - CNN: three Conv1d layers of 25 channels (kernel 5/3/3, stride 2,
   padding 1) with ReLU, then a linear layer 125 → 10, as ``ConvBase``
   (5,210 parameters).
@@ -228,7 +228,7 @@ class Mnist1dTask(ClassificationTask):
         return init_from_generator(model, generator)
 
 
-#: model -> ((default steps, batch size, Adam lr), target); measured in docs/_bench_tasks.md.
+#: model -> ((default steps, batch size, Adam lr), target); measured in docs/benchmarks.md.
 #: logreg and MLP keep the MNIST-1D trainer's Adam lr 0.01 and batch 100 (logreg plateaus
 #: by 1000 steps, the width-256 MLP at about 67% from 2500); the CNN reaches the paper's
 #: accuracy at batch 200 and lr 0.02 in 1500 steps, where the trainer's setting stays
