@@ -243,7 +243,6 @@ def test_reset_clears_inner_state_and_adam_reinitialises_with_step_one() -> None
         (lambda ps: torch.optim.SGD(ps, lr=0.1), "pullback"),
         (lambda ps: torch.optim.SGD(ps, lr=0.1), "reset"),
         (lambda ps: torch.optim.Adagrad(ps), "pullback"),
-        (lambda ps: torch.optim.Adagrad(ps), "reset"),
     ],
 )
 def test_pullback_without_a_momentum_buffer_raises_naming_both(
@@ -388,3 +387,27 @@ def test_works_with_a_torch_compiled_model() -> None:
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
     assert la.la_step == 4
+
+
+def test_reset_clears_the_state_of_an_optimizer_without_momentum() -> None:
+    """Adagrad has no momentum to interpolate, but its accumulator can be reset."""
+    w = nn.Parameter(torch.ones(3))
+    la = Lookahead(torch.optim.Adagrad([w], lr=0.1), k=2, pullback="reset")
+    for step in range(1, 5):
+        la.zero_grad()
+        (w**2).sum().backward()
+        la.step()
+        assert (w in la.state) == (step % 2 == 1)  # cleared at each sync, rebuilt lazily
+
+
+def test_slow_weights_follow_a_dtype_change_after_construction() -> None:
+    """model.double() after building the optimizer: the next sync moves the slow copies."""
+    model = nn.Linear(3, 2)
+    la = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), k=1,
+                   pullback="pullback")
+    model.double()
+    model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    la.step()
+    for p in model.parameters():
+        assert la.slow_state[p]["slow_param"].dtype == torch.float64
+        assert torch.equal(la.slow_state[p]["slow_param"], p.detach())

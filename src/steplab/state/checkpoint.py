@@ -168,7 +168,8 @@ def _commit(target: Path, tensors: list[tuple[str, torch.Tensor]], body: dict[st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    remove_tree(aside)
+    for stale in [aside, *parent.glob(f".old-{target.name}-*")]:
+        remove_tree(stale)  # also what an earlier interrupted save left aside
     return target
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,27 @@ def _check_header_matches(manifest: dict[str, Any], header: Header) -> None:
             raise CheckpointError(f"{TENSORS}: tensor {key!r} disagrees with {MANIFEST}")
 
 
+def _moved_aside(p: Path) -> Path:
+    """The previous checkpoint that a save over ``p`` moved aside before it was killed.
+
+    Saving over an existing checkpoint renames the old one to ``.old-<name>-*``
+    and then the new one into place; a crash between the two renames leaves
+    only the old one. It is complete and verified like any other, so load it.
+    """
+    aside = sorted(
+        (d for d in p.parent.glob(f".old-{p.name}-*") if d.is_dir()),
+        key=lambda d: d.stat().st_mtime,
+    )
+    if not aside:
+        raise CheckpointError(f"path: {p} does not exist; expected a checkpoint directory")
+    warnings.warn(
+        f"{p} is missing: a save over it was interrupted; loading the previous checkpoint "
+        f"{aside[-1].name} that it had moved aside",
+        stacklevel=3,
+    )
+    return aside[-1]
+
+
 def open_checkpoint(path: str | os.PathLike[str]) -> OpenCheckpoint:
     """Open a checkpoint directory and check its manifest and safetensors header.
 
@@ -171,7 +193,7 @@ def open_checkpoint(path: str | os.PathLike[str]) -> OpenCheckpoint:
     """
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"path: {p} does not exist; expected a checkpoint directory")
+        p = _moved_aside(p)
     if not p.is_dir():
         raise CheckpointError(
             f"path: {p} is {_describe_file(p)}, not a steplab checkpoint directory; "
