@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -127,7 +128,11 @@ def test_accepts_a_parsed_spec() -> None:
 @pytest.mark.parametrize(
     "spec, params, message",
     [
-        ("sgd(lr=-1)", None, "optimizer spec 'sgd(lr=-1)': Invalid learning rate"),
+        (
+            "sgd(lr=-1)",
+            None,
+            "optimizer spec 'sgd(lr=-1)': lr: got -1, expected a finite number > 0",
+        ),
         ("adam(betas=0.9)", None, "optimizer spec 'adam(betas=0.9)'"),
         ("adam", [], "params: got no trainable parameters"),
         ("adam", torch.ones(2), "params: got a single Tensor"),
@@ -178,3 +183,18 @@ def test_fused_momentum_survives_a_skipped_first_step() -> None:
     (w * 2.0).sum().backward()
     opt.step()
     assert torch.equal(opt.state[w]["momentum_buffer"], torch.full((1000,), 2.0))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("adam(lr=-1)", "lr: got -1, expected a finite number > 0"),
+        ("adam(betas=3)", "betas: got 3, expected two numbers"),
+        ("adam(betas=(0.9, 1.0))", "betas: got (0.9, 1.0), expected a number in [0, 1)"),
+        ("adamw(weight_decay=-0.1)", "weight_decay: got -0.1"),
+        ("nesterov(momentum=1.5)", "momentum: got 1.5, expected a number in [0, 1]"),
+    ],
+)
+def test_bad_hyperparameter_values_name_field_value_and_range(spec: str, field: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(field)):
+        create_optimizer(spec, [nn.Parameter(torch.ones(2))])

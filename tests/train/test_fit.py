@@ -95,6 +95,14 @@ def test_persistent_nan_with_skip_ends_as_diverged(make_toy: Any) -> None:
     assert summary["steps"] == 5 + MAX_CONSECUTIVE_NONFINITE
 
 
+def test_persistent_nan_gradients_with_finite_loss_end_as_diverged(make_toy: Any) -> None:
+    task = make_toy(nan_grad_steps=tuple(range(5, 100)))
+    summary = _fit(task=task.name, steps=50)
+    assert summary["status"] == "diverged"
+    assert summary["nonfinite_skipped"] == MAX_CONSECUTIVE_NONFINITE
+    assert "gradient" in summary["stop_reason"]
+
+
 def test_huge_learning_rate_diverges_without_traceback(tmp_path: Path) -> None:
     summary = _fit(task="rosenbrock", optimizer="sgd", lr=1.0, steps=200, out=tmp_path / "r")
     assert summary["status"] == "diverged"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import torch
@@ -76,6 +77,42 @@ def _fused_ok(cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]) ->
     )
 
 
+#: hyperparameter -> (test, what is expected), checked before torch sees the value
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "eps": (lambda v: v >= 0, "a finite number >= 0"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "lr_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "initial_accumulator_value": (lambda v: v >= 0, "a finite number >= 0"),
+    "momentum_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "dampening": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _check_values(spec: OptimizerSpec) -> None:
+    """Name the hyperparameter, its value and the allowed range before torch does."""
+    for key, value in spec.kwargs.items():
+        values: tuple[Any, ...] = value if isinstance(value, tuple) else (value,)
+        if key == "betas" and not (isinstance(value, tuple) and len(value) == 2):
+            raise SpecError(
+                f"optimizer spec '{spec}': betas: got {value!r}, expected two numbers "
+                "in [0, 1), e.g. betas=(0.9, 0.999)"
+            )
+        test, expected = _RANGES.get("beta1" if key == "betas" else key, (None, ""))
+        if test is None:
+            continue
+        for v in values:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or not test(float(v)):
+                raise SpecError(
+                    f"optimizer spec '{spec}': {key}: got {value!r}, expected {expected}"
+                )
+
+
 def _torch_kwargs(
     spec: OptimizerSpec, cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -144,6 +181,7 @@ def create_optimizer(
         inner = create_optimizer(parsed.inner, params, no_decay=no_decay)
         opt: torch.optim.Optimizer = Lookahead(inner, **cast(dict[str, Any], parsed.kwargs))
     else:
+        _check_values(parsed)
         info = OPTIMIZERS[parsed.name]
         module_name, _, class_name = info.torch_class.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)

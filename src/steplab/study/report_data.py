@@ -228,6 +228,12 @@ def verdicts(row: OptimizerRow, base: OptimizerRow, target: TargetInfo) -> list[
     elif row.reached == 0:
         n_base = len(base.steps)
         speed = f"never reaches the target ({base.optimizer} does in {base.reached}/{n_base} seeds)"
+    elif base.reached == 0:
+        # no speed-up figure: the baseline's "steps" would all be the budget, a bound
+        speed = (
+            f"reaches the target in {row.reached}/{len(row.steps)} seeds; "
+            f"{base.optimizer} never does"
+        )
     else:
         ci = relative_diff_ci(row.steps, base.steps)
         speed = (

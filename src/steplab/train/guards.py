@@ -84,7 +84,7 @@ class DivergenceWatch:
         """Classify a step by its loss: ``"ok"``, ``"skip"`` or ``"diverged"``."""
         if not math.isfinite(loss):
             return self.nonfinite(f"train_loss {loss}")
-        self.consecutive = 0
+        # the run of bad steps ends only when the gradients are finite too (grad_ok)
         if self.initial_loss is None:
             self.initial_loss = loss
         elif self.initial_loss > 0 and loss > self.factor * self.initial_loss:
