@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -77,18 +78,27 @@ def open_storage(url: str) -> Any:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # several worker processes share the file
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 3-5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-            )
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise SpecError(
-            f"storage: cannot open {url!r} ({type(exc).__name__}: {reason}); expected a "
-            "reachable Optuna storage URL such as sqlite:///path/study.db"
-        ) from exc
+    error: Exception = RuntimeError("no attempt made")
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 3-5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                )
+        except Exception as exc:
+            error = exc
+            # two processes creating a new database at once: the loser of the race
+            # fails inserting Optuna's schema version; the tables exist now, so retry
+            if "alembic_version" not in str(exc):
+                break
+            time.sleep(0.5 * (attempt + 1))
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise SpecError(
+        f"storage: cannot open {url!r} ({type(error).__name__}: {reason}); expected a "
+        "reachable Optuna storage URL such as sqlite:///path/study.db"
+    ) from error
 
 
 def make_pruner(name: str, steps: int, eval_every: int) -> Any:
