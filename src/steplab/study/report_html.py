@@ -20,7 +20,7 @@ from steplab.study.plots import (
     steps_to_target_figure,
 )
 from steplab.study.plots_trajectory import best_trajectory_runs, trajectory_figure
-from steplab.study.protocol import TRAJECTORY_LR_RANGE, selection_metric
+from steplab.study.protocol import TRAJECTORY_LR_RANGE, Group, selection_metric
 from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
 from steplab.study.spec import StudySpec
 
@@ -74,28 +74,17 @@ def _table(analysis: StudyAnalysis, task: str) -> str:
 def _task_section(spec: StudySpec, analysis: StudyAnalysis, task: str) -> str:
     target = analysis.targets[task]
     rows = [r for r in analysis.rows if r.task == task]
-    seeds = {
-        o: [
-            r
-            for r in analysis.records
-            if r.group.kind == "main"
-            and r.group.task == task
-            and r.group.optimizer == o
-            and r.role == "seed"
-        ]
-        for o in spec.optimizers
-    }
-    search = {
-        o: [
-            r
-            for r in analysis.records
-            if r.group.kind == "main"
-            and r.group.task == task
-            and r.group.optimizer == o
-            and r.role == "search"
-        ]
-        for o in spec.optimizers
-    }
+    def runs(role: str) -> dict[str, list[Any]]:
+        return {
+            o: [
+                r
+                for r in analysis.records
+                if r.group == Group(task, o) and r.role == role  # kind "main" by default
+            ]
+            for o in spec.optimizers
+        }
+
+    seeds, search = runs("seed"), runs("search")
     verdicts = "".join(
         f"<li><b>{_esc(r.optimizer)}</b> {_esc(v)}</li>" for r in rows for v in r.verdicts
     )
