@@ -38,8 +38,8 @@ def _summaries(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_every_run_is_content_addressed_and_the_report_is_written(study: StudyResult) -> None:
-    # 3 optimizers x 2 trials, 2 x 1 new seed (sgd(lr=1e6) never gets seeds), 3 x 2 paths
-    assert study.n_runs == 6 + 2 + 6
+    # 3 optimizers x 2 trials, 2 x 2 fresh seeds (sgd(lr=1e6) never gets seeds), 3 x 2 paths
+    assert study.n_runs == 6 + 4 + 6
     assert study.n_trained == study.n_runs
     for path in (study.report_html, study.report_md, study.results_csv, study.results_json):
         assert path.exists() and path.stat().st_size > 0
@@ -51,13 +51,18 @@ def test_every_run_is_content_addressed_and_the_report_is_written(study: StudyRe
     assert (study.out / "study.toml").exists()
 
 
-def test_the_search_seed_zero_run_is_the_first_seed(study: StudyResult) -> None:
+def test_final_seeds_are_fresh_shared_and_disjoint_from_tuning(study: StudyResult) -> None:
+    """Audit item 6: no final run is a selected search run (the winner's curse)."""
     rows = {r.optimizer: r for r in study.analysis.rows}
     assert len(rows["sgd"].statuses) == 2
-    seeds = [r for r in study.analysis.records if r.role == "seed" and r.group.optimizer == "sgd"]
-    search_ids = {r.run_id for r in study.analysis.records if r.role == "search"}
-    assert [r.config["seed"] for r in seeds] == [0, 1]
-    assert seeds[0].run_id in search_ids
+    records = study.analysis.records
+    search_ids = {r.run_id for r in records if r.role == "search"}
+    tuning_seeds = {r.config["seed"] for r in records if r.role == "search"}
+    for opt in ("sgd", "lookahead(sgd)"):
+        seeds = [r for r in records if r.role == "seed" and r.group.optimizer == opt]
+        assert [r.config["seed"] for r in seeds] == [1000, 1001]
+        assert not {r.run_id for r in seeds} & search_ids
+    assert tuning_seeds == {0}
 
 
 def test_a_diverging_optimizer_is_a_result_not_a_crash(study: StudyResult) -> None:
@@ -90,7 +95,9 @@ def test_an_interrupted_study_resumes_and_reproduces_the_same_weights(
     out = tmp_path / "copy"
     shutil.copytree(study.out, out)
     before = _summaries(out)
-    victim = next(r for r in study.analysis.records if r.role == "seed" and r.config["seed"] == 1)
+    victim = next(
+        r for r in study.analysis.records if r.role == "seed" and r.config["seed"] == 1001
+    )
     (out / "runs" / victim.run_id / "summary.json").unlink()  # as if killed mid-run
     resumed = run_study(TINY, out, workers=1, progress=False)
     assert resumed.n_trained == 1
@@ -143,7 +150,7 @@ def test_the_ray_executor_runs_the_same_runs_bit_for_bit(ray_session: Any, tmp_p
         trajectories=(),
     )
     result = run_study(spec, tmp_path / "ray", executor="ray", workers=2, progress=False)
-    assert result.n_trained == 3
+    assert result.n_trained == 4  # 2 search trials, 2 fresh seeds
     remote = _summaries(tmp_path / "ray")
     record = next(r for r in result.analysis.records if r.summary["status"] == "completed")
     here = execute_run(record.config, str(tmp_path / "here"))  # the same function, in this process

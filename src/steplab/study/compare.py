@@ -90,7 +90,7 @@ class _Plan:
     out: Path
     search: dict[Group, list[dict[str, Any]]]
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    best: dict[Group, dict[str, Any] | None] = field(default_factory=dict)
+    best: dict[Group, list[dict[str, Any] | None]] = field(default_factory=dict)
     warnings: dict[Group, str] = field(default_factory=dict)
     cached: int = 0
     cpu_seconds: float = 0.0
@@ -115,21 +115,44 @@ class _Plan:
         return jobs
 
     def after_search(self, group: Group) -> list[RunJob]:
-        """When every search run of ``group`` is done, choose the best and plan its seeds."""
+        """When every search run of ``group`` is done, choose the best of each repeat.
+
+        Then plan the final seeds (main groups only).
+        """
         configs = self.search[group]
         if group in self.best or any(self.run_dir(c).name not in self.summaries for c in configs):
             return []
-        task_target = target_of(group.task, self.spec.data_dir)
-        runs = [(c, self.summaries[self.run_dir(c).name]) for c in configs]
-        from steplab.study.protocol import selection_metric
-
-        index, warning = select_best(runs, selection_metric(task_target.metric), task_target.mode)
-        self.best[group] = None if index is None else configs[index]
-        if warning and group.kind == "main":  # paths are illustrations; their edges are noise
-            self.warnings[group] = warning
-        if index is None or group.kind != "main":
+        repeats = self.spec.tuning_repeats if group.kind == "main" else 1
+        size = len(configs) // repeats
+        chosen: list[dict[str, Any] | None] = []
+        for r in range(repeats):
+            part = configs[r * size : (r + 1) * size]
+            index, warning = self._select(group, part)
+            chosen.append(None if index is None else part[index])
+            if warning and group.kind == "main":  # paths are illustrations; edges are noise
+                self.warnings.setdefault(group, warning)
+        self.best[group] = chosen
+        if group.kind != "main":
             return []
-        return self.jobs_for(group, seed_configs(configs[index], self.spec.seeds), "seed")
+        return self.jobs_for(group, seed_configs(chosen, self.spec.seeds), "seed")
+
+    def _select(
+        self, group: Group, part: list[dict[str, Any]]
+    ) -> tuple[int | None, str | None]:
+        from steplab.study.protocol import selection_metric
+        from steplab.study.spec_claims import resolve_selection
+
+        override = dict(self.spec.targets).get(group.task)
+        task_target = target_of(group.task, self.spec.data_dir, override)
+        runs = [(c, self.summaries[self.run_dir(c).name]) for c in part]
+        if group.kind != "main":
+            return select_best(runs, selection_metric(task_target.metric), task_target.mode)
+        criterion = resolve_selection(self.spec.selection, self.spec.claims)
+        rows = [read_rows(self.run_dir(c) / "metrics.jsonl") for c in part]
+        return select_best(
+            runs, selection_metric(task_target.metric), task_target.mode,
+            criterion=criterion, rows=rows, target=task_target.value,
+        )
 
     def on_done(self, job: RunJob, summary: dict[str, Any]) -> list[RunJob]:
         summary = dict(summary)
@@ -154,7 +177,7 @@ def _execute(
     for group in plan.search:
         jobs += plan.after_search(group)
     n_main = sum(1 for g in plan.search if g.kind == "main")
-    total = sum(len(c) for c in plan.search.values()) + n_main * (plan.spec.seeds - 1)
+    total = sum(len(c) for c in plan.search.values()) + n_main * plan.spec.seeds
     to_run = max(total - plan.cached, len(jobs))
     if not jobs:
         return 0
@@ -172,10 +195,8 @@ def _execute(
 def _records(plan: _Plan) -> list[RunRecord]:
     records = []
     for group, configs in plan.search.items():
-        best = plan.best.get(group)
-        seeds = (
-            [best, *seed_configs(best, plan.spec.seeds)] if best and group.kind == "main" else []
-        )
+        best = plan.best.get(group) or []
+        seeds = seed_configs(best, plan.spec.seeds) if group.kind == "main" else []
         for role, role_configs in (("search", configs), ("seed", seeds)):
             for config in role_configs:
                 run_dir = plan.run_dir(config)

@@ -21,7 +21,7 @@ from typing import Any
 
 from steplab.errors import SpecError
 from steplab.study.search_grid import edge_warning, log_grid, lr_center, search_points
-from steplab.study.spec import StudySpec
+from steplab.study.spec import FINAL_SEED_BASE, StudySpec
 
 __all__ = [
     "TRAJECTORY_LR_RANGE",
@@ -70,7 +70,7 @@ def check_names(spec: StudySpec) -> None:
 
     Raises:
         SpecError: an unknown optimizer or task (the lower layers' message with a
-            hint), or a baseline that is not one of the optimizers.
+            hint), or a baseline or claim naming an optimizer not in the study.
     """
     from steplab.optim import parse_spec
     from steplab.tasks import get_task
@@ -81,6 +81,14 @@ def check_names(spec: StudySpec) -> None:
             f"baseline: got {spec.baseline!r}, expected one of the study's optimizers "
             f"{list(spec.optimizers)}"
         )
+    for i, claim in enumerate(spec.claims):
+        for role in ("optimizer", "baseline"):
+            name = getattr(claim, role)
+            if str(parse_spec(name)) not in canonical:
+                raise SpecError(
+                    f"claims[{i}].{role}: got {name!r}, expected one of the study's optimizers "
+                    f"{list(spec.optimizers)}"
+                )
     for task in (*spec.tasks, *spec.trajectories):
         get_task(task, spec.data_dir)
 
@@ -107,7 +115,10 @@ def _base_config(spec: StudySpec, group: Group) -> dict[str, Any]:
 
 
 def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
-    """The seed-0 search runs of ``group``, as ``TrainConfig.to_dict()`` values.
+    """The search runs of ``group``, as ``TrainConfig.to_dict()`` values.
+
+    ``spec.budget`` settings per tuning repeat ``r`` (seed ``r``), repeat after
+    repeat; a trajectory group searches once, at seed 0.
 
     Main groups get ``spec.budget`` settings around the optimizer's sensible lr
     (a log grid; scrambled Halton over other hyperparameters too when
@@ -127,12 +138,15 @@ def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
         extra = OPTIMIZERS[inner.name].search_space if spec.search == "halton" else None
         center = lr_center(inner.name, inner.kwargs)
         points = search_points(center, spec.lr_span, spec.budget, extra)
+    repeats = spec.tuning_repeats if group.kind == "main" else 1
     configs = []
-    for point in points:
-        others = {k: _typed(k, v, inner.kwargs) for k, v in point.items() if k != "lr"}
-        optimizer = str(parsed.with_overrides(**others)) if others else group.optimizer
-        cfg = TrainConfig(**_base_config(spec, group), optimizer=optimizer, lr=point["lr"], seed=0)
-        configs.append(cfg.to_dict())
+    for repeat in range(repeats):
+        for point in points:
+            others = {k: _typed(k, v, inner.kwargs) for k, v in point.items() if k != "lr"}
+            optimizer = str(parsed.with_overrides(**others)) if others else group.optimizer
+            base = _base_config(spec, group)
+            cfg = TrainConfig(**base, optimizer=optimizer, lr=point["lr"], seed=repeat)
+            configs.append(cfg.to_dict())
     return configs
 
 
@@ -140,33 +154,69 @@ def _typed(name: str, value: float, kwargs: Any) -> float | int:
     return round(value) if isinstance(kwargs.get(name), int) else float(value)
 
 
-def seed_configs(best: dict[str, Any], seeds: int) -> list[dict[str, Any]]:
-    """The best setting at seeds ``1 .. seeds-1`` (seed 0 is the search run itself).
+def seed_configs(best: list[dict[str, Any] | None], seeds: int) -> list[dict[str, Any]]:
+    """The final runs: seed ``FINAL_SEED_BASE + i`` with the best of search ``i mod repeats``.
 
-    >>> [c["seed"] for c in seed_configs({"task": "t", "seed": 0}, 3)]
-    [1, 2]
+    A search that failed entirely (None) gives no run for its seeds.
+
+    >>> [c["seed"] for c in seed_configs([{"task": "t", "seed": 0}], 3)]
+    [1000, 1001, 1002]
     """
-    return [{**best, "seed": s} for s in range(1, seeds)]
+    out = []
+    for i in range(seeds):
+        chosen = best[i % len(best)] if best else None
+        if chosen is not None:
+            out.append({**chosen, "seed": FINAL_SEED_BASE + i})
+    return out
 
 
-def _score(summary: dict[str, Any], metric: str) -> float | None:
+def _score(
+    summary: dict[str, Any],
+    metric: str,
+    sign: float,
+    criterion: str,
+    rows: Sequence[dict[str, Any]],
+    target: float | None,
+) -> tuple[float, ...] | None:
+    """A sort key (larger is better) of one search run, or None when it cannot win."""
     if summary.get("status") not in ("completed", "early_stopped"):
         return None
     value = summary.get("metrics", {}).get(metric)
     if value is None or not math.isfinite(float(value)):
         return None
-    return float(value)
+    final = sign * float(value)
+    evals = [float(r[metric]) for r in rows if r.get(metric) is not None]
+    if criterion == "auc" and evals:
+        return (sign * sum(evals) / len(evals), final)
+    if criterion == "steps_to_target" and target is not None:
+        met = [r for r in rows if r.get(metric) is not None]
+        hits = (r["step"] for r in met if sign * r[metric] >= sign * target)
+        hit = next(hits, None)
+        return (0.0, final) if hit is None else (1.0, -float(hit), final)
+    return (final,)
 
 
 def select_best(
-    runs: Sequence[tuple[dict[str, Any], dict[str, Any]]], metric: str, mode: str
+    runs: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+    metric: str,
+    mode: str,
+    *,
+    criterion: str = "final",
+    rows: Sequence[Sequence[dict[str, Any]]] | None = None,
+    target: float | None = None,
 ) -> tuple[int | None, str | None]:
-    """Pick the search run with the best final ``metric``; diverged or failed runs never win.
+    """Pick the best search run on validation; diverged or failed runs never win.
 
     Args:
         runs: ``(config, summary)`` of each search run.
         metric: validation metric to select on (e.g. ``"val_accuracy"``).
         mode: ``"max"`` or ``"min"``.
+        criterion: ``"final"`` (final value of ``metric``), ``"steps_to_target"``
+            (first evaluation where ``metric`` meets ``target``; runs that never
+            do rank after, by final value) or ``"auc"`` (mean of ``metric`` over
+            evaluations, i.e. the normalised area under its curve).
+        rows: each run's ``metrics.jsonl`` rows (needed by the last two criteria).
+        target: the target value of ``metric`` (``steps_to_target``).
 
     Returns:
         ``(index of the best run or None when every run failed, edge warning or None)``.
@@ -176,12 +226,16 @@ def select_best(
     >>> select_best(runs, "val_loss", "min")
     (0, 'best lr 0.1 is at the lower edge of the searched range [0.1, 1]; widen lr_span')
     """
-    scored = [(i, _score(s, metric)) for i, (_, s) in enumerate(runs)]
+    sign = 1.0 if mode == "max" else -1.0
+    all_rows = rows if rows is not None else [[] for _ in runs]
+    scored = [
+        (i, _score(s, metric, sign, criterion, all_rows[i], target))
+        for i, (_, s) in enumerate(runs)
+    ]
     valid = [(i, v) for i, v in scored if v is not None]
     if not valid:
         return None, None
-    sign = 1.0 if mode == "max" else -1.0
-    best = max(valid, key=lambda iv: (sign * iv[1], -iv[0]))[0]
+    best = max(valid, key=lambda iv: (iv[1], -iv[0]))[0]
     lrs = [float(c["lr"]) for c, _ in runs if c.get("lr") is not None]
     best_lr = runs[best][0].get("lr")
     warning = edge_warning(lrs, float(best_lr)) if best_lr is not None else None

@@ -10,8 +10,11 @@ TOML layout (every key optional; the keys may also sit at the top level)::
     [study]
     tasks = ["mnist1d-cnn"]
     optimizers = ["adam", "lookahead(adam)"]
-    seeds = 3          # runs of the best setting per optimizer (>= 1)
+    seeds = 10         # fresh seeds of the best setting, shared by all optimizers (>= 1)
     budget = 5         # search trials per optimizer and task (>= 1)
+    selection = "auto" # choose the best trial by: final | steps_to_target | auc
+    level = 0.95       # confidence level of every interval and verdict
+    margins = { final = 0.01, steps_to_target = 0.10 }  # equivalence margins
     steps = 500        # steps per run (default: the task's)
     lr_span = 10.0     # search lr in [center / lr_span, center * lr_span]
 
@@ -38,10 +41,19 @@ from typing import Any
 import tomllib
 
 from steplab.errors import SpecError
+from steplab.study.spec_claims import (
+    DEFAULT_MARGINS,
+    SELECTIONS,
+    claims_to_toml,
+    parse_claims,
+    parse_margins,
+)
+from steplab.study.verdicts.decide import Claim
 
 __all__ = [
     "DEFAULT_OPTIMIZERS",
     "DEFAULT_TRAJECTORY_TASKS",
+    "FINAL_SEED_BASE",
     "StudySpec",
     "default_study_spec",
     "load_study_spec",
@@ -60,6 +72,8 @@ DEFAULT_OPTIMIZERS: tuple[str, ...] = (
     "lookahead(sgd)",
     "lookahead(adam)",
 )
+#: final seeds are FINAL_SEED_BASE, FINAL_SEED_BASE + 1, ...; tuning uses 0, 1, ...
+FINAL_SEED_BASE = 1000
 #: the 2-D test functions whose optimizer trajectories the report draws
 DEFAULT_TRAJECTORY_TASKS: tuple[str, ...] = ("rosenbrock", "rastrigin", "beale")
 _SEARCH_MODES = ("auto", "grid", "halton")
@@ -72,9 +86,21 @@ class StudySpec:
     Args:
         tasks: task names (``steplab tasks`` lists them).
         optimizers: optimizer spec strings (``"adam"``, ``"lookahead(sgd, k=5)"``).
-        seeds: runs of each optimizer's best setting; the search's own seed-0
-            run counts as the first.
+        seeds: fresh runs of each optimizer's best setting at seeds
+            ``FINAL_SEED_BASE .. FINAL_SEED_BASE + seeds - 1``: the same seeds for
+            every optimizer (paired), disjoint from the tuning seeds.
         budget: search trials per optimizer and task, the same for every optimizer.
+        tuning_repeats: independent searches per optimizer (tuning seeds ``0 ..
+            tuning_repeats - 1``); final seed ``i`` uses the best setting of search
+            ``i mod tuning_repeats``, so tuning variance enters the intervals.
+        selection: what picks the best search trial on validation: ``final``
+            (final metric), ``steps_to_target`` (first evaluation meeting the
+            target), ``auc`` (mean metric over evaluations) or ``auto`` (what
+            the claims are about; ``final`` without claims).
+        level: confidence level of intervals and verdicts (Holm across the study).
+        margins: equivalence margins by quantity (``final``: absolute metric
+            difference; ``steps_to_target``: fraction of the baseline's steps).
+        claims: stated claims judged supported / refuted / inconclusive.
         steps: training steps per run (None: each task's default).
         batch_size: batch size per run (None: each task's default).
         lr_span: the learning rate is searched in ``[c / lr_span, c * lr_span]``
@@ -104,6 +130,11 @@ class StudySpec:
     optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
     seeds: int = 3
     budget: int = 5
+    tuning_repeats: int = 1
+    selection: str = "auto"
+    level: float = 0.95
+    margins: tuple[tuple[str, float], ...] = DEFAULT_MARGINS
+    claims: tuple[Claim, ...] = ()
     steps: int | None = None
     batch_size: int | None = None
     lr_span: float = 10.0
@@ -129,6 +160,24 @@ class StudySpec:
                 raise SpecError(f"{name}: got an empty list, expected at least one name")
         _check_int("seeds", self.seeds, 1)
         _check_int("budget", self.budget, 1)
+        _check_int("tuning_repeats", self.tuning_repeats, 1)
+        if self.tuning_repeats > FINAL_SEED_BASE:
+            raise SpecError(
+                f"tuning_repeats: got {self.tuning_repeats}, expected at most {FINAL_SEED_BASE}"
+            )
+        if self.selection not in SELECTIONS:
+            raise SpecError(f"selection: got {self.selection!r}, expected one of {SELECTIONS}")
+        if isinstance(self.level, bool) or not isinstance(self.level, int | float) or not (
+            0.5 <= self.level < 1.0
+        ):
+            raise SpecError(f"level: got {self.level!r}, expected a number in [0.5, 1)")
+        object.__setattr__(self, "margins", parse_margins(self.margins))
+        object.__setattr__(self, "claims", parse_claims(self.claims))
+        for claim in self.claims:
+            if claim.task is not None and claim.task not in self.tasks:
+                raise SpecError(
+                    f"claims: got task {claim.task!r}, expected one of tasks {list(self.tasks)}"
+                )
         _check_int("trajectory_steps", self.trajectory_steps, 1)
         _check_int("trajectory_budget", self.trajectory_budget, 1)
         _check_int("warmup_steps", self.warmup_steps, 0)
@@ -151,8 +200,13 @@ class StudySpec:
             raise SpecError(f"optimizers: got duplicates in {list(self.optimizers)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec as plain JSON types (lists for tuples)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Return the spec as plain JSON types (lists for tuples, tables for claims)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["margins"] = dict(self.margins)
+        out["claims"] = [
+            {k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.claims
+        ]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySpec:
@@ -170,7 +224,8 @@ class StudySpec:
                     f"{key}: unknown study field{extra}; expected one of {sorted(known)}"
                 )
         kwargs: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) and k != "targets" else v for k, v in data.items()
+            k: tuple(v) if isinstance(v, list) and k not in ("targets", "claims") else v
+            for k, v in data.items()
         }
         return cls(**kwargs)
 
@@ -189,12 +244,14 @@ class StudySpec:
         """
         lines = ["[study]"]
         for key, value in self.to_dict().items():
-            if value is None or key == "targets":
+            if value is None or key in ("targets", "margins", "claims"):
                 continue
             lines.append(f"{key} = {json.dumps(value)}")
-        pairs = ", ".join(f"{json.dumps(t)} = {v!r}" for t, v in self.targets)
-        lines.append(f"targets = {{ {pairs} }}" if pairs else "targets = {}")
-        return "\n".join(lines) + "\n"
+        for key, table in (("targets", self.targets), ("margins", self.margins)):
+            pairs = ", ".join(f"{json.dumps(t)} = {v!r}" for t, v in table)
+            lines.append(f"{key} = {{ {pairs} }}" if pairs else f"{key} = {{}}")
+        claims = claims_to_toml(self.claims)
+        return "\n".join(lines) + "\n" + (f"\n{claims}\n" if claims else "")
 
     def replace(self, **changes: Any) -> StudySpec:
         """Return a copy with ``changes`` applied (validated again)."""
