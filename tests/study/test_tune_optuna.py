@@ -115,23 +115,27 @@ _WORKER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_study_killed_mid_trial_resumes_to_the_full_budget(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _WORKER, str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(tmp_path)], stdout=sink, stderr=sink
+        )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        # Generous: on a loaded 2-core machine the worker's imports alone can take a minute.
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.3)
             if not (tmp_path / "study.db").exists():
                 continue
             states = _states(tmp_path)
             if states.count(TrialState.COMPLETE) >= 2 and states[-1] == TrialState.RUNNING:
                 break
-        os.kill(proc.pid, signal.SIGKILL)
+        alive = proc.poll() is None
+        if alive:
+            os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
+    assert alive, f"the worker ended before it was killed: {log.read_text()[-2000:]}"
     before = _study(tmp_path, "crash").trials
     done = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
     assert 2 <= len(done) < 8
