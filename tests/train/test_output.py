@@ -26,7 +26,10 @@ def test_run_directory_holds_config_metrics_and_summary(toy: Any, tmp_path: Path
     cfg = TrainConfig(task=toy.name, optimizer="adamw", steps=20, log_every=5, eval_every=10)
     result = fit(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl",
+    names = sorted(p.name for p in run.iterdir())
+    events = [n for n in names if n.startswith("events.out.tfevents.")]  # TensorBoard
+    assert len(events) == 1
+    assert [n for n in names if n not in events] == ["config.json", "metrics.jsonl",
                                                      "summary.json"]
     config = json.loads((run / "config.json").read_text())
     assert config["run_id"] == cfg.run_id

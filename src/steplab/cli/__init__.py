@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "tasks": "tasks",
     "optimizers": "optimizers",
+    "checkpoint": "checkpoint",
 }
 
 

@@ -59,6 +59,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-monitor", dest="monitor", action="store_false",
                    help="do not log gradient norms and update ratios (monitor is on by default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--state-every", type=int, default=100,
+                   help="with the monitor on, log optimizer-state statistics (moments, step "
+                   "sizes, update ratios, Lookahead gap) to metrics.jsonl every N steps")
+    p.add_argument("--histogram-every", type=int, default=None,
+                   help="TensorBoard histograms of the moments every N steps; None = 10x "
+                   "--state-every")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write TensorBoard event files into --out (only with --out)")
 
 
 def add_parser(subparsers: Any) -> None:

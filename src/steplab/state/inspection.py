@@ -48,9 +48,11 @@ __all__ = [
     "BufferInfo",
     "ParamState",
     "StateReport",
+    "effective_step_size",
     "inspect",
     "inspect_checkpoint",
     "report_from_named",
+    "resolve_checkpoint",
 ]
 
 FIRST_MOMENT = frozenset({"exp_avg", "momentum_buffer", "grad_avg"}).union(
@@ -186,8 +188,24 @@ def _percentiles(x: torch.Tensor) -> dict[str, float]:
             if math.isfinite(v)}
 
 
-def _step_size(buffers: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, float] | None:
-    """Percentiles of lr / (sqrt(v_hat) + eps) for adaptive rules, else None."""
+def effective_step_size(
+    buffers: Mapping[str, Any], group: Mapping[str, Any]
+) -> torch.Tensor | None:
+    """Per-element effective step size ``lr / (sqrt(v_hat) + eps)`` of an adaptive rule.
+
+    Args:
+        buffers: one parameter's optimizer state (``exp_avg_sq``, ``square_avg``, ``sum``, ...).
+        group: its parameter group (``lr``, ``eps``, ``betas``, ``amsgrad``, ``lr_decay``).
+
+    Returns:
+        A float64 tensor shaped like the parameter, or None for a non-adaptive rule
+        (or one that has not stepped yet).
+
+    Example:
+        >>> v = torch.full((2,), 4.0)
+        >>> effective_step_size({"square_avg": v}, {"lr": 0.1, "eps": 0.0}).tolist()
+        [0.05, 0.05]
+    """
     lr, eps, t = _number(group.get("lr", 0.0)), _number(group.get("eps", 0.0)), buffers.get("step")
     if "exp_avg_sq" in buffers and "betas" in group and t is not None:
         v = buffers["max_exp_avg_sq"] if group.get("amsgrad") and "max_exp_avg_sq" in buffers \
@@ -203,7 +221,14 @@ def _step_size(buffers: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str
         v_hat = buffers["sum"].double()
     else:
         return None
-    return _percentiles(lr / (v_hat.clamp_min(0).sqrt() + eps))
+    out: torch.Tensor = lr / (v_hat.detach().clamp_min(0).sqrt() + eps)
+    return out
+
+
+def _step_size(buffers: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, float] | None:
+    """Percentiles of lr / (sqrt(v_hat) + eps) for adaptive rules, else None."""
+    sizes = effective_step_size(buffers, group)
+    return None if sizes is None else _percentiles(sizes)
 
 
 def _buffer_info(name: str, value: Any) -> BufferInfo:
@@ -292,7 +317,7 @@ def inspect(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) ->
     return report_from_named(named, sizes)
 
 
-def _resolve(path: Path) -> Path:
+def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory, or a Checkpointer root's newest good checkpoint."""
     if path.is_dir() and not (path / MANIFEST).exists() and any(path.glob("step-*")):
         from steplab.state.checkpointer import Checkpointer
@@ -318,7 +343,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> StateReport:
     Raises:
         CheckpointError: if the checkpoint is missing, corrupt or not a checkpoint.
     """
-    ckpt = open_checkpoint(_resolve(Path(path)))
+    ckpt = open_checkpoint(resolve_checkpoint(Path(path)))
     tensors = read_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_digests)
     sizes = {k.removeprefix("model/"): (str(t.dtype).removeprefix("torch."),
                                          t.numel() * t.element_size())

@@ -20,12 +20,15 @@ from typing import Any, Literal
 from steplab.errors import SpecError
 from steplab.train.schedules import SCHEDULES
 
-__all__ = ["EVAL_SPLITS", "PRECISIONS", "TrainConfig"]
+__all__ = ["EVAL_SPLITS", "OBSERVATION_FIELDS", "PRECISIONS", "TrainConfig"]
 
 #: splits the loop can evaluate on; metrics are reported as ``<split>_<name>``
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 #: ``precision`` values: full float32, bfloat16 autocast, float16 autocast + GradScaler (CUDA)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+#: fields that change only what is observed, not the trained weights (not hashed into run_id)
+OBSERVATION_FIELDS: frozenset[str] = frozenset({"state_every", "histogram_every", "tensorboard"})
 
 BatchSize = int | Literal["full"] | None
 
@@ -80,6 +83,16 @@ class TrainConfig:
         monitor: log gradient norms and update ratios at log steps.
         eval_splits: splits to evaluate, a subset of ``("val", "test")``.
         device: torch device to train on (``"cpu"`` or ``"cuda"``).
+        state_every: with ``monitor``, measure the optimizer state (moments,
+            effective step sizes, update ratios, Lookahead's gap) every this many
+            steps (see :mod:`steplab.observe.state_monitor`).
+        histogram_every: write TensorBoard histograms of the moments every this
+            many steps (None: every ``10 * state_every``).
+        tensorboard: write TensorBoard event files into the run directory
+            (only when there is one).
+
+    ``state_every``, ``histogram_every`` and ``tensorboard`` only change what is
+    observed, never the trained weights, so they are not part of ``run_id``.
 
     Raises:
         SpecError: a field is out of range; the message names it.
@@ -120,6 +133,9 @@ class TrainConfig:
     monitor: bool = True
     eval_splits: tuple[str, ...] = field(default=EVAL_SPLITS)
     device: str = "cpu"
+    state_every: int = 100
+    histogram_every: int | None = None
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
@@ -165,6 +181,8 @@ class TrainConfig:
         for option in ("eval_every", "checkpoint_every"):
             _check_positive(option, getattr(self, option), integer=True)
         _check_positive("log_every", self.log_every, integer=True)
+        _check_positive("state_every", self.state_every, integer=True)
+        _check_positive("histogram_every", self.histogram_every, integer=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise _bad("seed", self.seed, "an integer >= 0")
 
@@ -212,8 +230,12 @@ class TrainConfig:
         return cls(**kwargs)
 
     def to_json(self) -> str:
-        """Return the canonical JSON text (sorted keys, no spaces) that ``run_id`` hashes."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Return the canonical JSON text (sorted keys, no spaces) that ``run_id`` hashes.
+
+        Fields in ``OBSERVATION_FIELDS`` are left out: they do not change the result.
+        """
+        identity = {k: v for k, v in self.to_dict().items() if k not in OBSERVATION_FIELDS}
+        return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
     @property
     def run_id(self) -> str:

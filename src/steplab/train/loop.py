@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from steplab import checkpoint
+from steplab.observe import RunWatch
 from steplab.train.batches import BatchStream
 from steplab.train.config import TrainConfig
 from steplab.train.evaluate import EvalBook, evaluate
@@ -84,6 +85,7 @@ class _Loop:
             checkpoint.Checkpointer(s.run_dir.checkpoints, every=cfg.checkpoint_every)
             if s.run_dir is not None and cfg.checkpoint_every else None
         )
+        self.observer: RunWatch | None = None
         self.clock = time.perf_counter()
 
     # -- time, checkpoint, resume --------------------------------------------------------------
@@ -122,6 +124,12 @@ class _Loop:
             self.train_loss = float("nan") if extra["train_loss"] is None else extra["train_loss"]
         if s.run_dir is not None:
             s.run_dir.open_metrics(keep_until=self.step)
+            cfg = self.cfg
+            self.observer = RunWatch(
+                s.optimizer, s.model, state_every=cfg.state_every if cfg.monitor else None,
+                histogram_every=cfg.histogram_every, clip_norm=cfg.clip_norm,
+                clip_value=cfg.clip_value, logdir=s.run_dir.root if cfg.tensorboard else None,
+                start_step=self.step, resumed=s.exists)
         self.clock = time.perf_counter()
 
     # -- one step --------------------------------------------------------------------------
@@ -136,6 +144,8 @@ class _Loop:
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor, log_now: bool) -> str:
         """Run one step; return ``"ok"``, ``"skip"`` or ``"diverged"``."""
         s = self.s
+        if self.observer is not None:
+            self.observer.before_step(self.step)
         with self.autocast():
             loss = s.task.loss(s.model(xb), yb)
         value = loss.item()
@@ -160,6 +170,8 @@ class _Loop:
             loss.backward()  # type: ignore[no-untyped-call]
         # statistics of the raw gradients (before clipping), at log steps only
         layers = layer_grad_norms(s.names, s.params) if log_now and cfg.monitor else None
+        if self.observer is not None:
+            self.observer.observe_gradients()
         if cfg.clip_norm is not None:  # clipping computes the norm anyway: reuse it
             norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.clip_norm, foreach=True)
             finite = bool(torch.isfinite(norm))
@@ -212,7 +224,8 @@ class _Loop:
                 self.reason = self.watch.reason
                 return "diverged"
             eval_now = self.step % s.eval_every == 0 or self.step == total
-            if log_now or eval_now:
+            state_now = self.observer is not None and self.observer.has_state
+            if log_now or eval_now or state_now:
                 metrics = self.log_and_evaluate(log_now, eval_now, bar, start)
                 if metrics is not None and self.after_eval(metrics):
                     return "early_stopped"
@@ -235,14 +248,22 @@ class _Loop:
             self.stats = {}
             if self.s.task.trajectory:
                 row["params"] = torch.cat([p.detach().flatten() for p in self.s.params]).tolist()
+        if self.observer is not None and (state := self.observer.take_state()) is not None:
+            row["state"] = state
         metrics = self.evaluate() if eval_now else None
-        if self.s.run_dir is not None:
-            self.s.run_dir.log(row | (metrics or {}))
+        self.write_row(row | (metrics or {}))
         if log_now:
             speed = (self.step - start) / max(row["wall_time"] - self.base_time, 1e-9)
             bar.update(self.step, loss=self.train_loss, lr=row["lr"], steps_per_s=speed,
                        metric=self.metric_text())
         return metrics
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append a row to ``metrics.jsonl`` and mirror it to TensorBoard."""
+        if self.s.run_dir is not None:
+            self.s.run_dir.log(row)
+        if self.observer is not None:
+            self.observer.log(row)
 
     def metric_text(self) -> str:
         metric = self.s.task.target.metric
@@ -272,8 +293,7 @@ class _Loop:
         """Evaluate at the last step if not done yet, then write ``summary.json``."""
         if status in ("completed", "diverged") and self.book.last_step != self.step:
             metrics = self.evaluate()
-            if self.s.run_dir is not None:
-                self.s.run_dir.log({"step": self.step, "wall_time": self.train_time(), **metrics})
+            self.write_row({"step": self.step, "wall_time": self.train_time(), **metrics})
         if self.loss_count:
             self.train_loss = self.loss_sum / self.loss_count
         summary = build_summary(self, status)
@@ -341,6 +361,8 @@ def fit(
     finally:
         if loop.ckpt is not None:
             loop.ckpt.close()
+        if loop.observer is not None:
+            loop.observer.close()
         if s.run_dir is not None:
             s.run_dir.close()
     return RunResult(summary, root, s.model)
