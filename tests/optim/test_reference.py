@@ -159,3 +159,20 @@ def test_lookahead_agrees_with_reference(
         la.step()
         theta = ref.step(theta, 0.1 * theta + noise[t])
     np.testing.assert_allclose(p.detach().numpy(), theta, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "nadam"])
+def test_single_pass_path_agrees_with_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled single-pass step (forced for tiny models) matches NumPy like torch's paths."""
+    from steplab.optim.single_pass import SinglePassNAdam, SinglePassRMSprop
+
+    monkeypatch.setenv("STEPLAB_COMPILE", "always")
+    probe = create_optimizer(name, [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(probe, (SinglePassRMSprop, SinglePassNAdam))
+
+    @settings(max_examples=10, deadline=None)
+    @given(hyper=HYPER[name], shapes=SHAPES, seed=st.integers(0, 2**16))
+    def check(hyper: dict[str, Any], shapes: list[tuple[int, ...]], seed: int) -> None:
+        _run(name, hyper, {}, shapes, seed)
+
+    check()

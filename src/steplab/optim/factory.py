@@ -14,15 +14,19 @@ from torch.optim import optimizer as torch_optimizer
 from steplab.errors import SpecError
 from steplab.optim.lookahead import Lookahead
 from steplab.optim.param_groups import NoDecayRule, is_no_decay, named_param_groups
+from steplab.optim.paths import single_pass_choice
 from steplab.optim.registry import OPTIMIZERS
+from steplab.optim.single_pass import SinglePassNAdam, SinglePassRMSprop
 from steplab.optim.spec import OptimizerSpec, SpecValue, parse_spec
 
 __all__ = ["FASTEST_IMPLEMENTATION", "create_optimizer", "inner_optimizer"]
 
 #: the implementation create_optimizer picks per name on CPU, measured by
 #: benchmarks/optimizer_step.py (8M float32 parameters): fused where it wins; foreach
-#: for plain SGD (one foreach add, ~3-6% ahead of fused); the single-tensor for-loop for
-#: RMSprop (~1.5x ahead of foreach) and NAdam (foreach's temporaries cost up to ~20%).
+#: for plain SGD (one foreach add, ~3-6% ahead of fused); for RMSprop and NAdam, which
+#: have no fused kernel, steplab's single-pass compiled step where it pays
+#: (steplab.optim.paths), else torch's single-tensor for-loop (RMSprop ~1.5x ahead of
+#: foreach; NAdam's foreach temporaries cost up to ~20%).
 #: Off CPU, every name without a usable fused kernel takes foreach, torch's GPU default.
 FASTEST_IMPLEMENTATION: dict[str, str] = {
     "gd": "foreach",
@@ -30,11 +34,17 @@ FASTEST_IMPLEMENTATION: dict[str, str] = {
     "momentum": "fused",
     "nesterov": "fused",
     "adagrad": "fused",
-    "rmsprop": "for-loop",
+    "rmsprop": "compiled",
     "adam": "fused",
     "adamw": "fused",
     "amsgrad": "fused",
-    "nadam": "for-loop",
+    "nadam": "compiled",
+}
+#: torch's own fastest CPU path for the names that may take the compiled step
+_TORCH_FALLBACK = "for-loop"
+_SINGLE_PASS: dict[str, type[torch.optim.Optimizer]] = {
+    "rmsprop": SinglePassRMSprop,
+    "nadam": SinglePassNAdam,
 }
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 Params = nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]]
@@ -124,6 +134,7 @@ def _torch_kwargs(
         kwargs["betas"] = (old[0] if beta1 is None else beta1, old[1] if beta2 is None else beta2)
     if "fused" not in kwargs and "foreach" not in kwargs:
         impl = FASTEST_IMPLEMENTATION[spec.name]
+        impl = _TORCH_FALLBACK if impl == "compiled" else impl
         on_cpu = all(p.device.type == "cpu" for g in groups for p in g["params"])
         damped = kwargs.get("dampening", 0) != 0 or any(g.get("dampening", 0) for g in groups)
         if impl == "fused" and _fused_ok(cls, groups) and not (cls is torch.optim.SGD and damped):
@@ -131,6 +142,22 @@ def _torch_kwargs(
         else:
             kwargs["foreach"] = not (on_cpu and impl == "for-loop")
     return kwargs
+
+
+def _with_single_pass(
+    spec: OptimizerSpec, cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]
+) -> type[torch.optim.Optimizer]:
+    """steplab's single-pass class when the rule has one and it pays here, else ``cls``."""
+    single = _SINGLE_PASS.get(spec.name)
+    flags = ("fused", "foreach", "capturable", "differentiable")
+    if single is None or any(spec.kwargs.get(flag) is not None for flag in flags):
+        return cls
+    params = [p for g in groups for p in g["params"]]
+    devices = {p.device.type for p in params}
+    if len(devices) != 1:
+        return cls
+    take, _ = single_pass_choice(spec.name, sum(p.numel() for p in params), devices.pop())
+    return single if take else cls
 
 
 def create_optimizer(
@@ -146,7 +173,10 @@ def create_optimizer(
     device and dtype (SGD family, Adagrad, Adam, AdamW on CPU and GPU); else
     ``foreach=True``; on CPU, plain SGD takes foreach and RMSprop and NAdam
     torch's single-tensor loop, which measured faster there
-    (:data:`FASTEST_IMPLEMENTATION`). A spec's ``fused=``/``foreach=`` wins.
+    (:data:`FASTEST_IMPLEMENTATION`). RMSprop and NAdam take steplab's
+    single-pass compiled step (:class:`~steplab.optim.single_pass.SinglePassRMSprop`,
+    same state dict as torch's) where it pays (:mod:`steplab.optim.paths`).
+    A spec's ``fused=``/``foreach=`` wins and pins torch's own path.
     When ``params`` is a module, parameters with ``ndim <= 1`` (biases, norm
     weights) go to a group with ``weight_decay=0.0`` and every group carries
     ``"param_names"``. The result has ``steplab_spec`` (the spec, overrides
@@ -187,6 +217,7 @@ def create_optimizer(
         cls = getattr(importlib.import_module(module_name), class_name)
         groups = _groups(params, no_decay)
         kwargs = _torch_kwargs(parsed, cls, groups)
+        cls = _with_single_pass(parsed, cls, groups)
         try:
             opt = cls(groups, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:

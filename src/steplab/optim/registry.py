@@ -292,7 +292,10 @@ def _name_from_class(optimizer: torch.optim.Optimizer) -> str | None:
         torch.optim.Adagrad: "adagrad",
         torch.optim.RMSprop: "rmsprop",
     }
-    return by_class.get(type(optimizer))
+    for cls, name in by_class.items():  # subclasses too (steplab's single-pass steps)
+        if isinstance(optimizer, cls):
+            return name
+    return None
 
 
 def optimizer_info(optimizer: torch.optim.Optimizer) -> OptimizerInfo:

@@ -1,0 +1,204 @@
+"""Compile plain tensor update code once, cache it on disk, and fall back when that fails.
+
+A :class:`CompiledKernel` wraps a function written as ordinary in-place tensor
+code (``exp_avg.copy_(...)``) and hands it to ``torch.compile`` (inductor: C++
+with OpenMP on CPU, Triton on GPU), which fuses it into one loop that reads
+each input once and writes each output once. Callers pass 1-D views, compiled
+with dynamic shapes and without the usual 0/1 size specialisation, so one graph
+serves every tensor size: a model never triggers a recompile by its shapes.
+
+The compiled code is cached by inductor's FX graph and AOTAutograd caches. Unless
+``TORCHINDUCTOR_CACHE_DIR`` is already set, steplab points it at
+``$STEPLAB_CACHE_DIR/inductor`` (default ``~/.cache/steplab/inductor``), which
+survives reboots, unlike inductor's default under ``/tmp``: a second process
+loads the kernel instead of compiling it.
+
+If compiling fails (no C++ compiler, no Triton, an inductor error) the kernel
+reports it once with a ``RuntimeWarning`` and says so from then on; callers
+then take torch's own path.
+
+>>> import os
+>>> str(cache_dir()).endswith("steplab") or "STEPLAB_CACHE_DIR" in os.environ
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CACHE_ENV", "CompiledKernel", "cache_dir", "compiler_problem"]
+
+#: environment variable naming steplab's cache directory
+CACHE_ENV = "STEPLAB_CACHE_DIR"
+#: the torch.compile backend (a test swaps in one that fails, to check the fallback)
+BACKEND: str | Callable[..., Any] = "inductor"
+
+
+def cache_dir() -> Path:
+    """steplab's on-disk cache: ``$STEPLAB_CACHE_DIR``, else ``~/.cache/steplab``.
+
+    Returns:
+        The directory (not created here).
+    """
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "steplab"
+
+
+def _point_inductor_at_cache() -> None:
+    """Make inductor cache under steplab's directory unless the user chose one."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        path = cache_dir() / "inductor"
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+
+
+@functools.lru_cache(maxsize=8)
+def compiler_problem(device_type: str) -> str | None:
+    """Why kernels cannot be compiled for a device type, or None when they can.
+
+    Args:
+        device_type: ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        A short reason (``"no C++ compiler found"``) or None.
+
+    Example:
+        >>> compiler_problem("meta")
+        'inductor does not generate code for meta tensors'
+    """
+    if device_type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except Exception as exc:  # inductor raises several kinds when none is found
+            return f"no C++ compiler found ({type(exc).__name__})"
+        return None
+    if device_type in ("cuda", "xpu"):
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "triton is not installed"
+    return f"inductor does not generate code for {device_type} tensors"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming what went wrong inside a compile (dynamo wraps the cause)."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    lines = str(inner).strip().splitlines() or [""]
+    return f"{type(inner).__name__}: {lines[0][:200]}"
+
+
+def _static(t: torch.Tensor) -> torch.Tensor:
+    torch._dynamo.mark_static(t, 0)
+    return t
+
+
+class CompiledKernel:
+    """One update function, compiled on first use per (variant, dtype, device).
+
+    Args:
+        name: what the kernel computes, for warnings (``"rmsprop"``).
+        fn: plain in-place tensor code over 1-D tensors; it must also run eagerly.
+            Optional buffers are positional arguments that may be None.
+        hp_index: position of the 1-D hyperparameter tensor among ``fn``'s arguments.
+
+    Example:
+        >>> def axpy(y, x, a):
+        ...     y.copy_(y + a[0] * x)
+        >>> kernel = CompiledKernel("axpy", axpy, hp_index=2)
+        >>> y = torch.zeros(3)
+        >>> kernel.eager(y, torch.ones(3), torch.tensor([2.0]))
+        >>> y
+        tensor([2., 2., 2.])
+    """
+
+    def __init__(self, name: str, fn: Callable[..., None], hp_index: int) -> None:
+        self.name = name
+        self.hp_index = hp_index
+        self.eager = fn
+        self.failure: str | None = None
+        #: seconds the first call of each compiled variant took (compile or cache load)
+        self.compile_seconds: dict[Hashable, float] = {}
+        self._compiled: Callable[..., None] | None = None
+        self._warned = False
+
+    def ready(self, key: Hashable, example: tuple[Any, ...], device: torch.device) -> bool:
+        """Compile the variant ``key`` by calling it once on ``example`` scratch tensors.
+
+        Args:
+            key: identifies the variant (which optional buffers, dtype, device).
+            example: arguments shaped like a real call, on scratch tensors.
+            device: where the tensors live.
+
+        Returns:
+            True when the compiled kernel can be called for this variant; False
+            (after one RuntimeWarning per process) when compiling failed.
+        """
+        if key in self.compile_seconds:
+            return True
+        if self.failure is None:
+            self.failure = compiler_problem(device.type)
+        if self.failure is None:
+            try:
+                start = time.perf_counter()
+                self._compile_call(example)
+                self.compile_seconds[key] = time.perf_counter() - start
+                return True
+            except Exception as exc:  # any compiler error means: use torch's path
+                self.failure = _reason(exc)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"steplab: the single-pass {self.name} step could not be compiled "
+                f"({self.failure}); using torch's implementation instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+
+    def scratch(self, call: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+        """Arguments like ``call`` on 8-element scratch tensors (the hyperparameters copied).
+
+        Args:
+            call: a real call's positional arguments.
+
+        Returns:
+            The same arguments on fresh tensors, safe to update.
+        """
+        return tuple(
+            None
+            if t is None
+            else _static(t.clone())
+            if i == self.hp_index
+            else torch.zeros(8, dtype=t.dtype, device=t.device)
+            for i, t in enumerate(call)
+        )
+
+    def _compile_call(self, example: tuple[Any, ...]) -> None:
+        from torch.fx.experimental import _config as fx_config
+
+        _point_inductor_at_cache()
+        if self._compiled is None:
+            self._compiled = torch.compile(
+                self.eager, backend=BACKEND, dynamic=True, fullgraph=True
+            )
+        # size-oblivious: treat every length alike instead of specialising 0 and 1,
+        # so the graph traced here (guards included) serves all lengths later
+        with fx_config.patch(backed_size_oblivious=True), torch.no_grad():  # type: ignore[attr-defined]
+            self._compiled(*example)
+
+    def __call__(self, *args: Any) -> None:
+        """Run the compiled kernel (call :meth:`ready` for the variant first)."""
+        assert self._compiled is not None, "call ready() before the kernel"
+        self._compiled(*args)
