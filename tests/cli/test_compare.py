@@ -41,6 +41,8 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--optimizers", ""], "optimizers"),
         (["--seeds", "0"], "seeds"),
         (["--budget", "0"], "budget"),
+        (["--level", "1.5"], "level"),
+        (["--tuning-repeats", "0"], "tuning_repeats"),
         (["--executor", "ray", "--workers", "0"], "workers"),
     ],
 )
@@ -75,8 +77,14 @@ def test_a_tiny_study_runs_and_reports_as_json(
     out = tmp_path / "out"
     assert main(["compare", *TINY, "--out", str(out), "--json"]) == 0
     body = json.loads(capsys.readouterr().out)
-    assert Path(body["report_html"]).exists() and body["n_runs"] == 2
-    assert "vs adam" in body["verdicts"]["sgd(lr=0.0001)"][0]
+    assert Path(body["report_html"]).exists() and body["n_runs"] == 4  # 1 trial + 1 seed each
+    verdicts = body["verdicts"]
+    assert [(v["optimizer"], v["baseline"], v["quantity"]) for v in verdicts] == [
+        ("sgd(lr=0.0001)", "adam", "final"),
+        ("sgd(lr=0.0001)", "adam", "steps_to_target"),
+    ]
+    assert all(v["outcome"] == "inconclusive" and v["n_pairs"] == 1 for v in verdicts)
+    assert body["claims"] == []
     # the recorded spec reproduces the study: re-running it trains nothing
     assert main(["compare", str(out / "study.toml"), "--out", str(out), "--quiet"]) == 0
     assert "0 trained now" in capsys.readouterr().out

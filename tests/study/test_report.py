@@ -27,10 +27,24 @@ SPEC = StudySpec(
     steps=200,
     trajectories=("rosenbrock",),
     targets=(("mnist1d-cnn", 0.8),),
+    claims=(
+        {
+            "optimizer": "lookahead(adam)",
+            "baseline": "adam",
+            "quantity": "steps_to_target",
+            "at_least": 0.3,
+            "text": "Lookahead converges at least 30% faster",
+        },
+    ),
 )
+VERDICT_FIELDS = {
+    "task", "optimizer", "baseline", "quantity", "outcome", "estimate", "ci_low", "ci_high",
+    "level", "p_adjusted", "margin", "mde", "n_pairs",
+}
 
 
 def _rows(speed: float, seed: int, diverged: bool = False) -> list[dict[str, Any]]:
+    seed = seed % 1000  # final seeds are 1000, 1001, ...
     rows = []
     for step in range(10, 201, 10):
         loss = (
@@ -74,6 +88,7 @@ def _record(
         "lr": lr,
         "seed": seed,
         "steps": 200,
+        "eval_every": 20,
     }
     status = "diverged" if diverged else "completed"
     return RunRecord(group, role, config, _summary(rows, status), rows, f"{group.key}-{lr}-{seed}")
@@ -112,7 +127,7 @@ def synthetic_records() -> list[RunRecord]:
                 _record(group, "search", lr, 0, speed * (0.5 if lr != 1e-2 else 1.0), diverged)
             )
         if not diverged:
-            records += [_record(group, "seed", 1e-2, s, speed) for s in range(3)]
+            records += [_record(group, "seed", 1e-2, 1000 + s, speed) for s in range(3)]
         records += [_path_record(opt, lr) for lr in (1e-3, 1e-1)]
     return records
 
@@ -130,8 +145,9 @@ def test_verdicts_come_from_the_data() -> None:
     la = next(r for r in analysis.rows if r.optimizer == "lookahead(adam)")
     assert analysis.baselines["lookahead(adam)"] == "adam"
     assert analysis.baselines["sgd"] == "adam" and analysis.baselines["adam"] is None
-    assert "reaches the target" in la.verdicts[0] and "sooner" in la.verdicts[0]
+    assert la.verdicts[1].startswith("vs adam: steps to target") and "sooner" in la.verdicts[1]
     assert la.reached == 3 and la.final.n == 3
+    assert {v.quantity for v in analysis.verdicts} == {"final", "steps_to_target"}
 
 
 def test_a_diverged_optimizer_is_a_row_of_the_table() -> None:
@@ -143,7 +159,7 @@ def test_a_diverged_optimizer_is_a_row_of_the_table() -> None:
         or "diverged" in cells["status"]
         or cells["status"] == "no runs"
     )
-    assert cells["steps to target"] == "not reached"
+    assert cells["steps to target"] == "-"  # no final runs: nothing to estimate
 
 
 def test_html_is_self_contained_with_every_figure_embedded(report_dir: Path) -> None:
@@ -171,6 +187,33 @@ def test_markdown_csv_and_json_hold_every_run(report_dir: Path) -> None:
     )
     assert len(body["runs"]) == len(synthetic_records())
     assert {r["optimizer"] for r in body["table"]} == set(SPEC.optimizers)
+    assert body["verdicts"] and all(set(v) == VERDICT_FIELDS for v in body["verdicts"])
+    assert {v["outcome"] for v in body["verdicts"]} <= {
+        "better", "worse", "equivalent", "inconclusive"
+    }
+    assert [c["outcome"] for c in body["claims"]] == ["inconclusive"]  # 3 pairs cannot decide
+    assert "## Claims" in md and md.index("## Claims") < md.index("| optimizer |")
+
+
+def test_the_report_opens_with_the_claims_and_states_tests_and_levels(report_dir: Path) -> None:
+    html = (report_dir / "report.html").read_text()
+    assert html.index("<h2>Claims</h2>") < html.index("<h2>mnist1d-cnn</h2>")
+    assert "Lookahead converges at least 30% faster" in html
+    for needed in ("paired t-test", "sign-flip permutation", "Holm", "TOST", "Kaplan-Meier"):
+        assert needed in html
+    assert "target checked every" in html
+
+
+def test_best_column_selects_on_validation_not_test() -> None:
+    """Audit item 7: "best" was the maximum test value over evaluations (oracle stopping)."""
+    from steplab.study.report_data import TargetInfo, val_selected
+
+    rows = [
+        {"step": 10, "val_accuracy": 0.90, "test_accuracy": 0.70},
+        {"step": 20, "val_accuracy": 0.80, "test_accuracy": 0.99},
+        {"step": 25, "test_accuracy": 0.99, "target_check": True},
+    ]
+    assert val_selected(rows, TargetInfo("test_accuracy", 0.8, "max")) == 0.70
 
 
 _MEASURE = """

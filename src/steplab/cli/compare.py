@@ -47,7 +47,27 @@ def add_parser(subparsers: Any) -> None:
         "--seeds",
         type=int,
         default=None,
-        help="seeds of each best setting (if unset: the spec's, 3 by default)",
+        help="fresh paired seeds of each best setting (if unset: the spec's; the default "
+        "study runs 10)",
+    )
+    p.add_argument(
+        "--tuning-repeats",
+        type=int,
+        default=None,
+        help="independent searches per optimizer (if unset: the spec's, 1)",
+    )
+    p.add_argument(
+        "--selection",
+        choices=("auto", "final", "steps_to_target", "auc"),
+        default=None,
+        help="what picks the best search trial on validation (if unset: the spec's, 'auto' = "
+        "what the claims are about, else final)",
+    )
+    p.add_argument(
+        "--level",
+        type=float,
+        default=None,
+        help="confidence level of intervals and verdicts (if unset: the spec's, 0.95)",
     )
     p.add_argument(
         "--budget",
@@ -109,6 +129,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "lr_span": args.lr_span,
         "search": args.search,
         "baseline": args.baseline,
+        "tuning_repeats": args.tuning_repeats,
+        "selection": args.selection,
+        "level": args.level,
     }
     for name in ("tasks", "optimizers"):
         value = getattr(args, name)
@@ -144,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                     "n_trained": result.n_trained,
                     "wall_time": result.wall_time,
                     "cpu_seconds": result.cpu_seconds,
-                    "verdicts": {r.optimizer: r.verdicts for r in result.analysis.rows},
+                    "verdicts": [v.to_dict() for v in result.analysis.verdicts],
+                    "claims": [c.to_dict() for c in result.analysis.claims],
                     "warnings": result.analysis.warnings,
                 },
                 indent=2,
@@ -160,12 +184,19 @@ def _print_table(result: Any) -> None:
     from rich.table import Table
 
     from steplab.study.report_data import table_cells
+    from steplab.study.report_protocol import resolution_text
+    from steplab.study.report_verdicts import claim_sentence
 
-    columns = ("optimizer", "lr", "status", "final", "steps to target", "loss AUC", "step ms")
+    columns = ("optimizer", "lr", "status", "final", "best", "steps to target", "step ms")
     console = Console()
+    for claim in result.analysis.claims:
+        console.print(f"[bold]claim[/bold] {claim_sentence(claim)}", highlight=False)
     for task, target in result.analysis.targets.items():
         op = ">=" if target.mode == "max" else "<="
-        table = Table(title=f"{task} (target {target.metric} {op} {target.value:g})")
+        table = Table(
+            title=f"{task} (target {target.metric} {op} {target.value:g}; "
+            f"{resolution_text(result.analysis, task)})"
+        )
         for col in columns:
             table.add_column(col, justify="left" if col == "optimizer" else "right")
         for row in (r for r in result.analysis.rows if r.task == task):

@@ -134,7 +134,19 @@ class _Plan:
         self.best[group] = chosen
         if group.kind != "main":
             return []
-        return self.jobs_for(group, seed_configs(chosen, self.spec.seeds), "seed")
+        return self.jobs_for(group, self.final_configs(group), "seed")
+
+    def final_configs(self, group: Group) -> list[dict[str, Any]]:
+        """The final (seed) runs of ``group``: the target is checked every 1% of the run."""
+        from steplab.tasks import get_task
+
+        best = self.best.get(group) or []
+        steps = self.spec.steps or get_task(group.task, self.spec.data_dir).default_steps
+        override = dict(self.spec.targets).get(group.task)
+        check: dict[str, Any] = {"target_every": max(1, steps // 100)}
+        if override is not None:
+            check["target_value"] = override
+        return [{**c, **check} for c in seed_configs(best, self.spec.seeds)]
 
     def _select(
         self, group: Group, part: list[dict[str, Any]]
@@ -195,8 +207,7 @@ def _execute(
 def _records(plan: _Plan) -> list[RunRecord]:
     records = []
     for group, configs in plan.search.items():
-        best = plan.best.get(group) or []
-        seeds = seed_configs(best, plan.spec.seeds) if group.kind == "main" else []
+        seeds = plan.final_configs(group) if group.kind == "main" else []
         for role, role_configs in (("search", configs), ("seed", seeds)):
             for config in role_configs:
                 run_dir = plan.run_dir(config)
@@ -226,8 +237,9 @@ def run_study(
         address: Ray cluster address (executor ``"ray"`` only; None starts a local Ray).
         progress: show the progress display.
         command: the command line that reproduces the study, shown in the report
-            (None: ``steplab compare <out>/study.toml --out <out>``; the spec is
-            written there as TOML).
+            (None: ``steplab compare <out>/study.toml --out <out>-reproduced``; the
+            spec is written there as TOML, and the new directory trains every run
+            again).
 
     Returns:
         A :class:`StudyResult` with the paths of the report files.
@@ -242,7 +254,8 @@ def run_study(
     check_names(spec)
     out = Path(out)
     _claim_out_dir(out, spec, command)
-    command = command or f"steplab compare {out / 'study.toml'} --out {out}"
+    # a new --out: running it cannot collide with (or silently reuse) this study's runs
+    command = command or f"steplab compare {out / 'study.toml'} --out {out}-reproduced"
     plan = _Plan(spec, out, {g: search_configs(spec, g) for g in _groups(spec)})
     trained = _execute(plan, executor, workers, address, progress)
     records = _records(plan)

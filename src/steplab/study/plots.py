@@ -54,13 +54,15 @@ def to_data_uri(fig: Any) -> str:
 
 def _series(records: Sequence[RunRecord], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps, per-seed values (nan-padded) and mean wall time per step for ``key``."""
-    steps = sorted({int(r["step"]) for rec in records for r in rec.rows if key in r})
+    # a target check logs one row where the target was first met: not a curve point
+    points = (r for rec in records for r in rec.rows if key in r and "target_check" not in r)
+    steps = sorted({int(r["step"]) for r in points})
     index = {s: i for i, s in enumerate(steps)}
     values = np.full((len(records), len(steps)), np.nan)
     walls = np.full((len(records), len(steps)), np.nan)
     for i, rec in enumerate(records):
         for row in rec.rows:
-            if key in row and row[key] is not None:
+            if key in row and row[key] is not None and int(row["step"]) in index:
                 values[i, index[int(row["step"])]] = float(row[key])
                 walls[i, index[int(row["step"])]] = float(row.get("wall_time", np.nan))
     with np.errstate(all="ignore"):
@@ -85,8 +87,13 @@ def _band(ax: Any, x: np.ndarray, values: np.ndarray, color: Any, label: str) ->
         ax.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
 
 
-def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str) -> str:
-    """Training loss and ``metric`` against steps and wall time, mean line and min-max seed band."""
+def curves_figure(
+    seed_runs: dict[str, list[RunRecord]], metric: str, task: str, target: float | None = None
+) -> str:
+    """Training loss and ``metric`` against steps and wall time, mean line and min-max seed band.
+
+    ``target`` draws a dashed line at the target value on the metric panels.
+    """
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), layout="constrained")
     for i, (opt, records) in enumerate(seed_runs.items()):
@@ -106,6 +113,8 @@ def curves_figure(seed_runs: dict[str, list[RunRecord]], metric: str, task: str)
             ax.grid(alpha=0.3)
             if key.endswith("loss"):
                 ax.set_yscale("log")
+            if key == metric and target is not None:
+                ax.axhline(target, color="0.3", linestyle="--", linewidth=1, label="_target")
     fig.suptitle(f"{task}: mean over seeds, band = min-max over seeds")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -143,40 +152,40 @@ def lr_sensitivity_figure(search_runs: dict[str, list[RunRecord]], metric: str, 
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{task}: lr sensitivity (seed 0; x = diverged)")
+    ax.set_title(f"{task}: lr sensitivity (tuning runs; x = diverged)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
 def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
-    """Mean steps-to-target per optimizer with its 95% t-interval; misses count as the budget."""
-    from steplab.study.stats import mean_ci
+    """Kaplan-Meier curves: fraction of seeds that reached the target by each step.
+
+    A run that never reached it is censored at its length (the curve stays
+    flat there), so no interval is drawn on a value that was never observed.
+    """
+    from steplab.study.verdicts import kaplan_meier
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 0.4 * len(rows) + 1.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    horizon = max((max(r.limits) for r in rows if r.limits), default=1.0)
     for i, row in enumerate(rows):
-        ci = mean_ci(row.steps)
-        if not math.isfinite(ci.mean):
-            ax.text(0, i, "  no finished run", va="center")
+        if not row.seeds:
             continue
-        hatch = "" if row.reached == len(row.steps) else "//"
-        ax.barh(
-            i,
-            ci.mean,
-            color=color_of(i),
-            hatch=hatch,
-            alpha=0.85,
-            xerr=[[ci.mean - ci.low], [ci.high - ci.mean]],
-            capsize=4,
-        )
-        note = "" if row.reached == len(row.steps) else f"  reached {row.reached}/{len(row.steps)}"
-        ax.text(ci.high, i, note, va="center", fontsize=8)
-    ax.set_yticks(range(len(rows)), [r.optimizer for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel("steps to target\n(hatched: a seed missed it; a miss counts as the budget)")
-    ax.set_title(f"{task}: steps to target (mean, 95% CI)")
-    ax.grid(axis="x", alpha=0.3)
+        times, survival = kaplan_meier(row.hit_steps, row.limits)
+        xs = [0.0, *times.tolist(), horizon]
+        ys = [0.0, *(1.0 - survival).tolist()]
+        ys.append(ys[-1])
+        label = f"{row.optimizer} ({row.reached}/{len(row.seeds)})"
+        ax.step(xs, ys, where="post", color=color_of(i), label=label, linewidth=1.6)
+    ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1)
+    ax.set_xlim(0, horizon)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel("fraction of seeds at the target")
+    ax.set_title(f"{task}: time to target (Kaplan-Meier; dotted: median)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
@@ -197,5 +206,5 @@ def profiles_figure(profiles: PerformanceProfiles) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("performance profiles")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return to_data_uri(fig)

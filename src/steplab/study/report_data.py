@@ -1,13 +1,14 @@
 """The numbers a study report shows, computed from its runs.
 
-Per optimizer and task (over the seeds of its best setting): the final and
-best test metric (mean and 95% t-interval), steps- and wall-time-to-target
-(first evaluation meeting the task's target; runs that never reach it are
-counted and shown as not reached), the area under the training-loss curve,
-optimizer-state bytes per parameter and step time. Against the baseline: the
-bootstrap 95% CI of the relative difference in steps-to-target (a miss counts
-as the run's full length, as DeepOBS does) and of the difference in the final
-metric, turned into one sentence each. With several tasks: performance profiles.
+Per optimizer and task (over the fresh seeds of its best setting): the final
+test metric (mean and t-interval), the "best" test metric at the evaluation
+with the best *validation* metric (never the maximum over test), steps- and
+wall-time-to-target as censored data (fraction of seeds that reached it and
+the Kaplan-Meier median, or ">= N" when fewer than half did), the area under
+the training-loss curve, optimizer-state bytes per parameter and step time.
+Against the baseline: paired verdicts (:mod:`steplab.study.report_verdicts`)
+with Holm across the study, and the spec's claims judged. With several
+tasks: performance profiles.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from steplab.study.profiles import PerformanceProfiles, performance_profiles
-from steplab.study.protocol import Group
+from steplab.study.protocol import Group, selection_metric
+from steplab.study.report_verdicts import study_claims, study_verdicts, verdict_sentence
 from steplab.study.spec import StudySpec
-from steplab.study.stats import Interval, bootstrap_diff_ci, loss_auc, mean_ci, relative_diff_ci
+from steplab.study.stats import Interval, loss_auc, mean_ci
 from steplab.study.stats import steps_to_target as first_hit
+from steplab.study.verdicts import ClaimVerdict, Verdict, km_median
 
 __all__ = ["RunRecord", "StudyAnalysis", "TargetInfo", "analyze", "read_rows", "target_of"]
 
@@ -82,19 +85,29 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class OptimizerRow:
-    """One line of the summary table: an optimizer's best setting on a task, over seeds."""
+    """One line of the summary table: an optimizer's best setting on a task, over seeds.
+
+    Per-seed lists are aligned with ``seeds`` (the pairing key). ``finals`` is
+    nan for a run that failed or diverged; ``hit_steps``/``hit_times`` are inf
+    for a run that never met the target (censored at ``limits``/``wall_limits``).
+    """
 
     task: str
     optimizer: str
     lr: float | None
     hyper: dict[str, Any]
     statuses: list[str]
+    seeds: list[int]
     finals: list[float]
     final: Interval
     best: Interval
-    steps: list[float]
-    times: list[float]
+    hit_steps: list[float]
+    limits: list[float]
+    hit_times: list[float]
+    wall_limits: list[float]
     reached: int
+    median_steps: tuple[float, bool]
+    median_time: tuple[float, bool]
     auc: Interval
     state_bytes: float | None
     step_ms: float | None
@@ -121,6 +134,9 @@ class StudyAnalysis:
         baselines: optimizer -> the optimizer it is compared with (None for a baseline).
         profiles: performance profiles over steps-to-target (None with one task).
         warnings: human-readable warnings (edge of the lr range, failed runs).
+        verdicts: every paired comparison, decided with Holm across the study.
+        claims: the spec's claims, judged.
+        resolution: task -> steps between target checks of the final runs.
     """
 
     records: list[RunRecord]
@@ -129,6 +145,9 @@ class StudyAnalysis:
     baselines: dict[str, str | None]
     profiles: PerformanceProfiles | None
     warnings: list[str]
+    verdicts: list[Verdict] = field(default_factory=list)
+    claims: list[ClaimVerdict] = field(default_factory=list)
+    resolution: dict[str, int | None] = field(default_factory=dict)
 
 
 def _canonical(optimizer: str) -> str:
@@ -165,19 +184,42 @@ def _hits(record: RunRecord, target: TargetInfo) -> tuple[float, float] | None:
     return None if hit is None else (float(hit[0]), hit[1])
 
 
+def val_selected(rows: Sequence[Mapping[str, Any]], target: TargetInfo) -> float:
+    """The target metric at the evaluation with the best validation twin (nan if none).
+
+    Early stopping chosen on validation, reported on test: never the best test value.
+
+    >>> rows = [{"step": 1, "val_accuracy": 0.9, "test_accuracy": 0.7},
+    ...         {"step": 2, "val_accuracy": 0.8, "test_accuracy": 0.95}]
+    >>> val_selected(rows, TargetInfo("test_accuracy", 0.8, "max"))
+    0.7
+    """
+    val = selection_metric(target.metric)
+    evals = [
+        (float(r[val]), float(r[target.metric]))
+        for r in rows
+        if r.get(val) is not None and r.get(target.metric) is not None and math.isfinite(r[val])
+    ]
+    if not evals:
+        return math.nan
+    sign = 1.0 if target.mode == "max" else -1.0
+    return max(enumerate(evals), key=lambda iv: (sign * iv[1][0], -iv[0]))[1][1]
+
+
 def _row(
     task: str, optimizer: str, seeds: list[RunRecord], target: TargetInfo, warning: str | None
 ) -> OptimizerRow:
     summaries = [r.summary for r in seeds]
-    finals = [s.get("metrics", {}).get(target.metric, math.nan) for s in summaries]
-    bests = [s.get("best_metrics", {}).get(target.metric, math.nan) for s in summaries]
     ok = [s.get("status") in ("completed", "early_stopped") for s in summaries]
-    hits = [_hits(r, target) if good else None for r, good in zip(seeds, ok, strict=True)]
-    steps = [
-        h[0] if h else float(r.config.get("steps") or r.summary.get("steps") or math.nan)
-        for h, r in zip(hits, seeds, strict=True)
+    finals = [
+        float(s.get("metrics", {}).get(target.metric, math.nan)) if good else math.nan
+        for s, good in zip(summaries, ok, strict=True)
     ]
-    times = [h[1] if h else math.inf for h in hits]
+    hits = [_hits(r, target) if r.summary.get("status") != "failed" else None for r in seeds]
+    limits = [float(r.config.get("steps") or r.summary.get("steps") or math.nan) for r in seeds]
+    walls = [float(s.get("wall_time") or math.nan) for s in summaries]
+    hit_steps = [h[0] if h else math.inf for h in hits]
+    hit_times = [h[1] if h else math.inf for h in hits]
     aucs = [
         loss_auc(
             [row["step"] for row in r.rows if "train_loss" in row],
@@ -190,93 +232,66 @@ def _row(
     from steplab.optim import parse_spec
 
     hyper = dict(parse_spec(first["optimizer"]).innermost.kwargs) if first else {}
-    good_finals = [float(f) for f, g in zip(finals, ok, strict=True) if g and math.isfinite(f)]
+    bests = [
+        val_selected(r.rows, target) if g else math.nan for r, g in zip(seeds, ok, strict=True)
+    ]
     return OptimizerRow(
-        task,
-        optimizer,
-        first.get("lr"),
-        hyper,
-        [str(s.get("status")) for s in summaries],
-        good_finals,
-        mean_ci(good_finals),
-        mean_ci([b for b, g in zip(bests, ok, strict=True) if g]),
-        steps,
-        times,
-        sum(h is not None for h in hits),
-        mean_ci(aucs),
-        next((s.get("state_bytes_per_param") for s in summaries), None),
-        statistics.median(step_ms) if step_ms else None,
-        warning,
+        task, optimizer, first.get("lr"), hyper, [str(s.get("status")) for s in summaries],
+        [int(r.config.get("seed", i)) for i, r in enumerate(seeds)], finals,
+        mean_ci([f for f in finals if math.isfinite(f)]), mean_ci(bests),
+        hit_steps, limits, hit_times, walls, sum(h is not None for h in hits),
+        km_median(hit_steps, limits) if seeds else (math.nan, True),
+        km_median(hit_times, walls) if seeds else (math.nan, True),
+        mean_ci(aucs), next((s.get("state_bytes_per_param") for s in summaries), None),
+        statistics.median(step_ms) if step_ms else None, warning,
     )
 
 
-def _sooner(value: float) -> str:
-    if round(value * 100) == 0:
-        return "0%"
-    return f"{abs(value) * 100:.0f}% {'sooner' if value > 0 else 'later'}"
+def _resolution(records: Sequence[RunRecord], task: str) -> int | None:
+    for r in records:
+        if r.role == "seed" and r.group.task == task and r.group.kind == "main":
+            every = r.config.get("target_every") or r.config.get("eval_every")
+            return int(every) if every else None
+    return None
 
 
-def _speed_ci(ci: Interval) -> str:
-    return f"{_sooner(ci.mean)} [95% CI {_sooner(ci.low)} to {_sooner(ci.high)}]"
-
-
-def verdicts(row: OptimizerRow, base: OptimizerRow, target: TargetInfo) -> list[str]:
-    """Two sentences: speed to the target and final metric, each against ``base``."""
-    name = f"vs {base.optimizer}: "
-    if row.reached == 0 and base.reached == 0:
-        speed = "neither reaches the target"
-    elif row.reached == 0:
-        n_base = len(base.steps)
-        speed = f"never reaches the target ({base.optimizer} does in {base.reached}/{n_base} seeds)"
-    elif base.reached == 0:
-        # no speed-up figure: the baseline's "steps" would all be the budget, a bound
-        speed = (
-            f"reaches the target in {row.reached}/{len(row.steps)} seeds; "
-            f"{base.optimizer} never does"
-        )
-    else:
-        ci = relative_diff_ci(row.steps, base.steps)
-        speed = (
-            f"reaches the target {_speed_ci(ci)}"
-            if ci.excludes_zero
-            else f"no significant difference in steps-to-target ({_speed_ci(ci)})"
-        )
-    metric = target.metric.replace("_", " ")
-    if not row.finals or not base.finals:
-        final = f"final {metric}: not comparable (diverged or failed runs)"
-    else:
-        ci = bootstrap_diff_ci(row.finals, base.finals)
-        diff = f"{ci.mean:+.3g} [95% CI {ci.low:+.3g}, {ci.high:+.3g}]"
-        final = (
-            f"final {metric} {diff}"
-            if ci.excludes_zero
-            else f"no significant difference in final {metric} ({diff})"
-        )
-    return [name + speed, name + final]
+def _notes(rows: Sequence[OptimizerRow]) -> list[str]:
+    """Warnings about pairs the final-metric verdicts leave out."""
+    out = []
+    for row in rows:
+        bad = [s for s in row.statuses if s not in ("completed", "early_stopped")]
+        if bad and row.statuses:
+            out.append(
+                f"{row.task} {row.optimizer}: {len(bad)} of {len(row.statuses)} final runs "
+                f"{'/'.join(sorted(set(bad)))}; their pairs are left out of the final-metric "
+                "verdicts and count as never reaching the target"
+            )
+    return out
 
 
 def analyze(
     spec: StudySpec, records: list[RunRecord], warnings: Mapping[str, str]
 ) -> StudyAnalysis:
-    """Build the summary table, verdicts and profiles of a study from its runs."""
+    """Build the summary table, verdicts, claims and profiles of a study from its runs."""
     targets = {t: target_of(t, spec.data_dir, dict(spec.targets).get(t)) for t in spec.tasks}
     base_of = baselines(spec.optimizers, spec.baseline)
     rows: list[OptimizerRow] = []
     notes = [f"{key.split('/', 1)[1]}: {w}" for key, w in sorted(warnings.items())]
     for task in spec.tasks:
-        by_opt: dict[str, OptimizerRow] = {}
         for opt in spec.optimizers:
             mine = [r for r in records if r.group == Group(task, opt)]
             seeds = [r for r in mine if r.role == "seed"]
             row = _row(task, opt, seeds, targets[task], warnings.get(Group(task, opt).key))
             row.search_statuses = [str(r.summary.get("status")) for r in mine if r.role == "search"]
-            by_opt[opt] = row
-        for opt, row in by_opt.items():
-            base = base_of[opt]
-            if base is not None and row.statuses and by_opt[base].statuses:
-                row.verdicts = verdicts(row, by_opt[base], targets[task])
-        rows += by_opt.values()
+            rows.append(row)
+    modes = {t: v.mode for t, v in targets.items()}
+    verdicts = study_verdicts(rows, base_of, modes, dict(spec.margins), spec.level)
+    for v in verdicts:
+        row = next(r for r in rows if r.task == v.task and r.optimizer == v.optimizer)
+        row.verdicts.append(verdict_sentence(v, targets[v.task].metric.replace("_", " ")))
+    claims = study_claims(rows, spec.claims, spec.level)
     failed = [r for r in records if r.summary.get("status") in ("failed", "missing")]
+    notes += _notes(rows)
     notes += [
         f"run {r.run_id} ({r.group.optimizer} on {r.group.task}): "
         f"{r.summary.get('error', r.summary.get('status'))}"
@@ -288,14 +303,16 @@ def analyze(
             o: {r.task: _median_steps(r) for r in rows if r.optimizer == o} for o in spec.optimizers
         }
         profiles = performance_profiles(times)
-    return StudyAnalysis(records, rows, targets, base_of, profiles, notes)
+    resolution = {t: _resolution(records, t) for t in spec.tasks}
+    return StudyAnalysis(
+        records, rows, targets, base_of, profiles, notes, verdicts, claims, resolution
+    )
 
 
 def _median_steps(row: OptimizerRow) -> float:
-    """Median steps-to-target over seeds; inf unless most seeds reached the target."""
-    if not row.steps or row.reached * 2 <= len(row.steps):
-        return math.inf
-    return float(statistics.median(row.steps))
+    """Kaplan-Meier median steps-to-target; inf when fewer than half the seeds reached it."""
+    value, bound = row.median_steps
+    return math.inf if bound else value
 
 
 TABLE_COLUMNS = (
@@ -312,12 +329,29 @@ TABLE_COLUMNS = (
 )
 
 
-def _fmt_ci(ci: Interval, digits: int = 4) -> str:
+def fmt_interval(ci: Interval) -> str:
+    """``mean ± half-width``, both rounded to what the interval supports.
+
+    >>> fmt_interval(Interval(0.87123, 0.8512, 0.8912, 5))
+    '0.871 ± 0.020'
+    """
     if not math.isfinite(ci.mean):
         return "-"
-    if ci.n < 2:
-        return f"{ci.mean:.{digits}g}"
-    return f"{ci.mean:.{digits}g} ± {(ci.high - ci.low) / 2:.2g}"
+    if ci.n < 2 or not math.isfinite(ci.high - ci.low):
+        return f"{ci.mean:.3g}"
+    half = (ci.high - ci.low) / 2
+    if half <= 0:
+        return f"{ci.mean:.4g} ± 0"
+    digits = max(0, min(6, 1 - math.floor(math.log10(half))))
+    return f"{ci.mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _median_cell(median: tuple[float, bool], reached: int, n: int, unit: str) -> str:
+    value, bound = median
+    if not math.isfinite(value):
+        return "-"
+    text = f"{value:.0f}" if unit == "" else f"{value:.2f} s"
+    return (f">= {text}" if bound else text) + f" ({reached}/{n})"
 
 
 def table_cells(row: OptimizerRow) -> dict[str, str]:
@@ -329,19 +363,15 @@ def table_cells(row: OptimizerRow) -> dict[str, str]:
         status = "all " + "/".join(kinds) if row.search_statuses else "no runs"
     else:
         status = f"{n - len(bad)}/{n} ok" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
-    reached = [s for s, t in zip(row.steps, row.times, strict=True) if math.isfinite(t)]
-    steps = "not reached" if not reached else f"{statistics.mean(reached):.0f} ({row.reached}/{n})"
-    times = [t for t in row.times if math.isfinite(t)]
-    wall = "not reached" if not times else f"{statistics.mean(times):.2f} s"
     return {
         "optimizer": row.optimizer,
         "lr": "-" if row.lr is None else f"{row.lr:.3g}",
         "status": status,
-        "final": _fmt_ci(row.final),
-        "best": _fmt_ci(row.best),
-        "steps to target": steps,
-        "time to target": wall,
-        "loss AUC": _fmt_ci(row.auc, 3),
+        "final": fmt_interval(row.final),
+        "best": fmt_interval(row.best),
+        "steps to target": _median_cell(row.median_steps, row.reached, n, ""),
+        "time to target": _median_cell(row.median_time, row.reached, n, "s"),
+        "loss AUC": fmt_interval(row.auc),
         "state B/param": "-" if row.state_bytes is None else f"{row.state_bytes:.3g}",
         "step ms": "-" if row.step_ms is None else f"{row.step_ms:.2f}",
     }

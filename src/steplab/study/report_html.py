@@ -1,7 +1,8 @@
 """Render a study as one self-contained HTML page (inline CSS, figures as data URIs).
 
-The page holds: the verdicts, then per task the summary table, the curves with
-seed bands, steps-to-target bars and the lr-sensitivity plot; performance
+The page holds: the claims' verdicts, then per task the summary table, the
+paired verdicts, the curves with seed bands and the target line, the
+Kaplan-Meier time-to-target curves and the lr-sensitivity plot; performance
 profiles when there are several tasks; the optimizer paths on the 2-D test
 functions; the warnings; the protocol; the machine, versions and the command
 that reproduces the study. Nothing is fetched from the network.
@@ -22,6 +23,8 @@ from steplab.study.plots import (
 from steplab.study.plots_trajectory import best_trajectory_runs, trajectory_figure
 from steplab.study.protocol import TRAJECTORY_LR_RANGE, Group, selection_metric
 from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
+from steplab.study.report_protocol import protocol_items, resolution_text
+from steplab.study.report_verdicts import claim_sentence
 from steplab.study.spec import StudySpec
 
 __all__ = ["render_html"]
@@ -45,6 +48,9 @@ figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{font-size:13px;color:#5b6673;margin-top:4px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(460px,100%),1fr));gap:12px}
 .verdicts li{margin:3px 0}
+.claims{background:#eef4ff;border-left:4px solid #3a6fd8;padding:8px 12px}
+.supported{color:#126b2f;font-weight:600}.refuted{color:#a8201a;font-weight:600}
+.inconclusive{color:#6b5a12;font-weight:600}
 .warn{background:#fff6e0;border-left:4px solid #f0a500;padding:8px 12px}
 code,pre{background:#f0f2f5;border-radius:4px;font-size:13px}
 pre{padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
@@ -92,19 +98,24 @@ def _task_section(spec: StudySpec, analysis: StudyAnalysis, task: str) -> str:
     return "".join(
         [
             f"<h2>{_esc(task)}</h2>",
-            f'<p class="sub">Target: <code>{_esc(target.metric)} {op} {target.value:g}</code>. '
-            f"<i>final</i> and <i>best</i> are {_esc(target.metric)}: mean ± half-width of the 95% "
-            f"t-interval over {spec.seeds} seeds of each optimizer's best lr. "
-            "Steps to target: mean "
-            f"over the seeds that reached it (reached/total).</p>",
+            f'<p class="sub">Target: <code>{_esc(target.metric)} {op} {target.value:g}</code>; '
+            f"{_esc(resolution_text(analysis, task))}. <i>final</i> is {_esc(target.metric)} at "
+            f"the last step, <i>best</i> at the evaluation with the best validation value "
+            f"(never the best test value): mean ± half-width of the {spec.level:.0%} "
+            f"t-interval over {spec.seeds} fresh seeds of each optimizer's best setting. "
+            "Steps and time to target: Kaplan-Meier median (<code>&gt;= N</code>: fewer than "
+            "half the seeds reached it) and seeds that reached it.</p>",
             _table(analysis, task),
             f'<ul class="verdicts">{verdicts}</ul>' if verdicts else "",
             _figure(
-                curves_figure(seeds, target.metric, task),
-                "Training loss and test metric against steps and wall time.",
+                curves_figure(seeds, target.metric, task, target.value),
+                "Training loss and test metric against steps and wall time (dashed: target).",
             ),
             '<div class="grid">',
-            _figure(steps_to_target_figure(rows, task), "Steps to target with 95% CIs."),
+            _figure(
+                steps_to_target_figure(rows, task),
+                "Fraction of seeds at the target by step (Kaplan-Meier; censored runs stay flat).",
+            ),
             _figure(
                 lr_sensitivity_figure(search, selection_metric(target.metric), task),
                 "Learning-rate sensitivity: the search trials (selection on validation).",
@@ -135,33 +146,20 @@ def _trajectories(spec: StudySpec, analysis: StudyAnalysis) -> str:
     )
 
 
-def _protocol(spec: StudySpec) -> str:
-    kind = "log grid over the lr"
-    if spec.search == "halton":
-        kind = "scrambled Halton over the lr and other hyperparameters"
-    return (
-        "<h2>Protocol</h2><ol>"
-        f"<li>Each optimizer is a separate study: {spec.budget} search trials each "
-        f"({kind}, lr in [c/{spec.lr_span:g}, c·{spec.lr_span:g}] around its sensible "
-        "default c), all at seed 0.</li>"
-        "<li>The best trial is chosen on the <b>validation</b> split (final value), never on test; "
-        "a warning is shown when it lies on the edge of the range. Diverged runs never win.</li>"
-        f"<li>The best setting is run at {spec.seeds} seeds: the search's own seed-0 run is the "
-        "first (the same run, found by its content address), "
-        f"seeds 1 to {spec.seeds - 1} are new.</li>"
-        "<li>Reported on <b>test</b>: final and best metric (mean, 95% t-interval), "
-        "steps and wall time to the target (first evaluation meeting it), "
-        "area under the training-loss curve (mean loss), "
-        "optimizer state bytes per parameter, median step time.</li>"
-        "<li>Against the baseline (a Lookahead's inner optimizer, else Adam): "
-        "bootstrap 95% CI (10,000 resamples, seeds resampled per optimizer) "
-        "of the relative difference in steps to target "
-        "(a seed that never reaches it counts as the full run length) and of the difference in the "
-        'final metric; a CI containing 0 reads "no significant difference".</li>'
-        "<li>With several tasks: AlgoPerf performance profiles over steps to target "
-        "(r_max = 4).</li>"
-        "</ol>"
+def _protocol(spec: StudySpec, analysis: StudyAnalysis) -> str:
+    items = "".join(f"<li>{_esc(item)}</li>" for item in protocol_items(spec, analysis))
+    return f"<h2>Protocol</h2><ol>{items}</ol>"
+
+
+def _claims(analysis: StudyAnalysis) -> str:
+    if not analysis.claims:
+        return ""
+    items = "".join(
+        f'<li><span class="{c.outcome}">{_esc(c.outcome.upper())}</span> '
+        f"{_esc(claim_sentence(c).split(': ', 1)[1])}</li>"
+        for c in analysis.claims
     )
+    return f"<h2>Claims</h2><div class='claims'><ul>{items}</ul></div>"
 
 
 def render_html(
@@ -180,8 +178,9 @@ def render_html(
         f"<style>{_CSS}</style></head><body><main>",
         "<h1>steplab: optimizer comparison</h1>",
         f"<p class='sub'>{_esc(', '.join(spec.optimizers))} on {_esc(', '.join(spec.tasks))}; "
-        f"{spec.budget} lr trials and {spec.seeds} seeds each; generated {now}.</p>",
+        f"{spec.budget} lr trials and {spec.seeds} fresh paired seeds each; generated {now}.</p>",
     ]
+    parts.append(_claims(analysis))
     parts += [_task_section(spec, analysis, t) for t in spec.tasks]
     if analysis.profiles is not None:
         parts.append(
@@ -195,7 +194,7 @@ def render_html(
     if analysis.warnings:
         items = "".join(f"<li>{_esc(w)}</li>" for w in analysis.warnings)
         parts.append(f"<h2>Warnings</h2><div class='warn'><ul>{items}</ul></div>")
-    parts.append(_protocol(spec))
+    parts.append(_protocol(spec, analysis))
     env_rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in env.items())
     parts += [
         "<h2>Reproduce</h2>",

@@ -13,30 +13,68 @@ import json
 import math
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
+from steplab.study.report_protocol import protocol_items, resolution_text
+from steplab.study.report_verdicts import claim_sentence
 from steplab.study.spec import StudySpec
 
-__all__ = ["environment", "jsonable", "write_reports"]
+__all__ = ["cpu_model", "environment", "git_commit", "jsonable", "write_reports"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else the platform's word)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit checked out where steplab's source lives (None outside a git checkout)."""
+    import steplab
+
+    folder = where or Path(steplab.__file__).resolve().parent
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True,
+            timeout=5, check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+            capture_output=True, text=True, timeout=5, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def environment() -> dict[str, Any]:
-    """Machine and library versions, for the report's reproducibility section."""
+    """Machine, CPU model, git commit and library versions, for the reproducibility section."""
     import numpy
+    import scipy
     import torch
 
     from steplab import __version__
 
     return {
+        "git_commit": git_commit(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
         "steplab": __version__,
     }
 
@@ -90,13 +128,18 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> str:
     lines = ["# steplab comparison", ""]
+    if analysis.claims:
+        lines += ["## Claims", ""] + [f"- {claim_sentence(c)}" for c in analysis.claims] + [""]
     for task, target in analysis.targets.items():
         lines += [
             f"## {task}",
             "",
             f"Target: {target.metric} {'>=' if target.mode == 'max' else '<='} "
-            f"{target.value:g}. `final`/`best` are {target.metric}, mean ± 95% CI "
-            f"half-width over {spec.seeds} seeds.",
+            f"{target.value:g}; {resolution_text(analysis, task)}. `final` is {target.metric} "
+            f"at the last step, `best` at the evaluation with the best validation value; "
+            f"mean ± {spec.level:.0%} CI half-width over {spec.seeds} fresh seeds. Steps/time "
+            "to target: Kaplan-Meier median (`>= N`: fewer than half reached it) and seeds "
+            "that reached it.",
             "",
         ]
         lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
@@ -115,7 +158,9 @@ def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> 
         lines += [f"- {o}: score {s:.3f}" for o, s in analysis.profiles.scores.items()] + [""]
     if analysis.warnings:
         lines += ["## Warnings", ""] + [f"- {w}" for w in analysis.warnings] + [""]
-    lines += ["## Reproduce", "", "```", command or "steplab compare", "```", ""]
+    lines += ["## Protocol", ""]
+    lines += [f"{i}. {item}" for i, item in enumerate(protocol_items(spec, analysis), 1)]
+    lines += ["", "## Reproduce", "", "```", command or "steplab compare", "```", ""]
     return "\n".join(lines)
 
 
@@ -137,6 +182,8 @@ def _results_json(
             "targets": {t: v.__dict__ for t, v in analysis.targets.items()},
             "baselines": analysis.baselines,
             "table": [r.to_dict() for r in analysis.rows],
+            "verdicts": [v.to_dict() for v in analysis.verdicts],
+            "claims": [c.to_dict() for c in analysis.claims],
             "warnings": analysis.warnings,
             "profiles": None
             if profiles is None

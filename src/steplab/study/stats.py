@@ -1,9 +1,8 @@
-"""Statistics of a comparison: confidence intervals over seeds, bootstrap differences, AUC.
+"""Per-optimizer statistics of a study: t-intervals over seeds, steps-to-target, AUC.
+
+Comparisons between optimizers live in :mod:`steplab.study.verdicts`.
 
 * Mean and 95% t-interval over seeds: ``m ± t_{0.975, n-1} · s / sqrt(n)``.
-* Bootstrap 95% CI (percentile) of a difference between two optimizers'
-  means, each resampled with replacement from its own seeds (unpaired: seeds
-  of different optimizers are independent runs).
 * Steps-to-target: the first evaluated step whose metric meets the target.
 * AUC of the training loss: trapezoid area over steps divided by the step
   range, i.e. the average training loss, comparable across run lengths.
@@ -16,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +23,9 @@ import numpy as np
 
 __all__ = [
     "Interval",
-    "bootstrap_diff_ci",
     "loss_auc",
     "mean_ci",
     "meets_target",
-    "relative_diff_ci",
     "steps_to_target",
     "t_quantile",
 ]
@@ -139,85 +136,6 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> Interval:
         return Interval(mean, mean, mean, 1)
     half = t_quantile(0.5 + confidence / 2, n - 1) * float(xs.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n)
-
-
-def _expanded_tail(n: int, confidence: float) -> float:
-    """Tail probability of the expanded percentile bootstrap (Hesterberg 2015, sec. 5.3).
-
-    The plain percentile bootstrap is far too narrow for a handful of seeds: its
-    resamples' spread shrinks by sqrt((n-1)/n) and ignores the t distribution,
-    so with 3 seeds a 95% interval covers about 75% of the time (we measured 23%
-    false "significant" verdicts under the null). Expanding the percentile level
-    to ``Phi(-sqrt(n/(n-1)) * t_{n-1})`` restores the t-interval's width; for
-    n = 3 the interval is essentially the range of the resampled statistic.
-    """
-    alpha = (1.0 - confidence) / 2
-    if n < 2:
-        return alpha
-    z = math.sqrt(n / (n - 1)) * t_quantile(1.0 - alpha, n - 1)
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
-
-def _bootstrap(
-    a: Sequence[float],
-    b: Sequence[float],
-    stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    n_boot: int,
-    confidence: float,
-    seed: int,
-) -> Interval:
-    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if xa.size == 0 or xb.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    point = float(stat(xa[None, :], xb[None, :])[0])
-    rng = np.random.default_rng(seed)
-    ra = xa[rng.integers(0, xa.size, size=(n_boot, xa.size))]
-    rb = xb[rng.integers(0, xb.size, size=(n_boot, xb.size))]
-    boots = stat(ra, rb)
-    tail = _expanded_tail(int(min(xa.size, xb.size)), confidence) * 100
-    low, high = np.percentile(boots, [tail, 100 - tail])
-    return Interval(point, float(low), float(high), int(min(xa.size, xb.size)))
-
-
-def bootstrap_diff_ci(
-    a: Sequence[float],
-    b: Sequence[float],
-    n_boot: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Expanded-percentile bootstrap CI of ``mean(a) - mean(b)`` (see ``_expanded_tail``).
-
-    >>> ci = bootstrap_diff_ci([0.9, 0.91, 0.92], [0.8, 0.81, 0.82])
-    >>> round(ci.mean, 3), ci.excludes_zero
-    (0.1, True)
-    """
-
-    def diff(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.asarray(x.mean(axis=1) - y.mean(axis=1))
-
-    return _bootstrap(a, b, diff, n_boot, confidence, seed)
-
-
-def relative_diff_ci(
-    a: Sequence[float],
-    b: Sequence[float],
-    n_boot: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> Interval:
-    """Expanded-percentile bootstrap CI of ``1 - mean(a) / mean(b)``: how much smaller ``a`` is.
-
-    For steps-to-target, 0.25 reads "reaches the target 25% sooner".
-
-    >>> round(relative_diff_ci([75.0, 75.0], [100.0, 100.0]).mean, 2)
-    0.25
-    """
-
-    def rel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.asarray(1.0 - x.mean(axis=1) / y.mean(axis=1))
-
-    return _bootstrap(a, b, rel, n_boot, confidence, seed)
 
 
 def meets_target(value: float | None, target: float, mode: str) -> bool:

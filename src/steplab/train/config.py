@@ -90,9 +90,16 @@ class TrainConfig:
             many steps (None: every ``10 * state_every``).
         tensorboard: write TensorBoard event files into the run directory
             (only when there is one).
+        target_every: between evaluations, check the target metric alone (one
+            split) every this many steps until it is met, so ``target_step``
+            has this resolution at a fraction of a full evaluation's cost
+            (None: only at evaluations).
+        target_value: replaces the task target's value (its metric and
+            direction stay) for ``target_step`` (None: the task's own).
 
     ``state_every``, ``histogram_every`` and ``tensorboard`` only change what is
     observed, never the trained weights, so they are not part of ``run_id``.
+    ``target_every`` and ``target_value`` are in ``run_id`` only when set.
 
     Raises:
         SpecError: a field is out of range; the message names it.
@@ -136,6 +143,8 @@ class TrainConfig:
     state_every: int = 100
     histogram_every: int | None = None
     tensorboard: bool = True
+    target_every: int | None = None
+    target_value: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
@@ -178,7 +187,13 @@ class TrainConfig:
         _check_positive("patience", self.patience, integer=True)
         if not isinstance(self.min_delta, (int, float)) or not (self.min_delta >= 0):
             raise _bad("min_delta", self.min_delta, "a number >= 0")
-        for option in ("eval_every", "checkpoint_every"):
+        if self.target_value is not None and (
+            isinstance(self.target_value, bool)
+            or not isinstance(self.target_value, (int, float))
+            or not math.isfinite(self.target_value)
+        ):
+            raise _bad("target_value", self.target_value, "a finite number")
+        for option in ("eval_every", "checkpoint_every", "target_every"):
             _check_positive(option, getattr(self, option), integer=True)
         _check_positive("log_every", self.log_every, integer=True)
         _check_positive("state_every", self.state_every, integer=True)
@@ -212,6 +227,9 @@ class TrainConfig:
         """Return the config as a plain JSON-ready dict (``eval_splits`` as a list)."""
         out = dataclasses.asdict(self)
         out["eval_splits"] = list(self.eval_splits)
+        for optional in ("target_every", "target_value"):  # absent when unset: run ids stay
+            if out[optional] is None:
+                del out[optional]
         return out
 
     @classmethod

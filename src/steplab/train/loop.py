@@ -15,6 +15,7 @@ evaluation every ``eval_every`` steps and at the last; a checkpoint every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -70,7 +71,10 @@ class _Loop:
             EarlyStopper(cfg.early_stop_metric, cfg.patience or 5, cfg.min_delta)
             if cfg.early_stop_metric else None
         )
-        self.book = EvalBook(s.task.target)
+        target = s.task.target
+        if cfg.target_value is not None:
+            target = dataclasses.replace(target, value=float(cfg.target_value))
+        self.book = EvalBook(target)
         self.finite = FiniteCheck(s.data.x_train.device)
         # a constant LR needs no scheduler step (saves a Python call per step)
         self.step_scheduler = cfg.schedule != "constant" or cfg.warmup_steps > 0
@@ -229,6 +233,8 @@ class _Loop:
                 metrics = self.log_and_evaluate(log_now, eval_now, bar, start)
                 if metrics is not None and self.after_eval(metrics):
                     return "early_stopped"
+            if not eval_now and self.target_due():
+                self.check_target()
             if self.ckpt is not None and self.step % self.ckpt.every == 0:
                 self.ckpt.save(self.step, model=s.model, optimizer=s.optimizer,
                                scheduler=s.scheduler, scaler=s.scaler, extra=self.extra())
@@ -278,6 +284,27 @@ class _Loop:
         self.eval_time += time.perf_counter() - t0
         self.book.record(self.step, self.train_time(), metrics)
         return metrics
+
+    def target_due(self) -> bool:
+        """True when a cheap target check is due (``target_every``, target not met yet)."""
+        every = self.cfg.target_every
+        return every is not None and self.book.target_step is None and self.step % every == 0
+
+    def check_target(self) -> None:
+        """Evaluate the target's split alone; note the step and log a row when it is met."""
+        metric = self.book.target.metric
+        split = metric.split("_", 1)[0]
+        if split not in ("val", "test"):
+            return
+        t0 = time.perf_counter()
+        metrics = evaluate(self.s.task, self.s.model, self.s.optimizer, self.s.data, (split,))
+        self.eval_time += time.perf_counter() - t0
+        value = metrics.get(metric)
+        if value is not None and self.book.target.met_by(value):
+            self.book.target_step, self.book.target_time = self.step, self.train_time()
+            if self.s.run_dir is not None:
+                self.s.run_dir.log({"step": self.step, "wall_time": self.train_time(),
+                                    metric: value, "target_check": True})
 
     def after_eval(self, metrics: dict[str, float]) -> bool:
         """Call ``report``; return True when early stopping triggers."""

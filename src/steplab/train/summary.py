@@ -56,7 +56,7 @@ def build_summary(loop: _Loop, status: str) -> dict[str, Any]:
         "steps": loop.step,
         "metrics": {"train_loss": loop.train_loss, **loop.book.last},
         "best_metrics": dict(loop.book.best),
-        "target": s.task.target.to_dict(),
+        "target": loop.book.target.to_dict(),  # with a config's target_value
         "target_step": loop.book.target_step,
         "target_time": loop.book.target_time,
         "wall_time": wall,

@@ -141,11 +141,15 @@ def paired_t_mde(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
     df = n - 1
     crit = float(stats.t.ppf(1.0 - alpha / 2.0, df))
 
-    def gap(effect: float) -> float:
-        nc = effect * math.sqrt(n) / sd
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)) - power
+    def gap(k: float) -> float:  # k: the effect in standard deviations of the differences
+        nc = k * math.sqrt(n)
+        upper, lower = float(stats.nct.sf(crit, df, nc)), float(stats.nct.cdf(-crit, df, nc))
+        # scipy's non-central t can return nan for a negligible far tail
+        return (0.0 if math.isnan(upper) else upper) + (0.0 if math.isnan(lower) else lower) - power
 
-    high = sd
+    high = 1.0
     while gap(high) < 0.0:
         high *= 2.0
-    return float(optimize.brentq(gap, 0.0, high, xtol=1e-10 * sd))
+        if high > 1e6:
+            return math.inf
+    return float(optimize.brentq(gap, 0.0, high, xtol=1e-10)) * sd
