@@ -110,17 +110,18 @@ def test_scheduler_on_wrapper_drives_inner_lr_after_load() -> None:
     assert la.optimizer.param_groups[0]["lr"] == 0.3
 
 
-def test_add_param_group_gives_new_params_slow_weights_from_their_current_value() -> None:
+def test_add_param_group_gives_new_params_slow_weights_from_their_value_at_first_step() -> None:
     a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.full((2,), 5.0))
     la = Lookahead(torch.optim.SGD([a], lr=0.1, momentum=0.9), k=2, pullback="pullback")
     a.grad = torch.ones(3)
     la.step()
     la.add_param_group({"params": [b], "lr": 0.5})
-    assert torch.equal(la.slow_state[b]["slow_param"], torch.full((2,), 5.0))
-    assert torch.equal(la.slow_state[b]["slow_momentum"], torch.zeros(2))
+    assert la.param_groups[-1]["lookahead_step"] == 1  # syncs with the other group
+    assert la.param_groups[-1]["lookahead_pullback"] == "pullback"
     b.grad = torch.ones(2)
-    la.step()  # the sync at step 2 covers b too
+    la.step()  # the sync at step 2 covers b too: φ₀ = 5, θ = 4.5, φ = 4.75
     torch.testing.assert_close(b.detach(), torch.full((2,), 5.0 - 0.25))
+    torch.testing.assert_close(la.state[b]["slow_param"], torch.full((2,), 4.75))
     assert la.optimizer.param_groups[-1]["params"] == [b]
 
 
@@ -172,20 +173,22 @@ def test_state_dict_layout_matches_the_contract() -> None:
     la = create_optimizer("lookahead(momentum, k=4, alpha=0.6, pullback=pullback)", model)
     _train(model, la, 2)
     state = _roundtrip(la.state_dict())
-    meta = state["lookahead"]
-    assert (meta["k"], meta["alpha"], meta["pullback"], meta["step"]) == (4, 0.6, "pullback", 2)
+    assert "lookahead" not in state and set(state) == {"state", "param_groups"}
+    for group in state["param_groups"]:
+        settings = tuple(group[f"lookahead_{k}"] for k in ("k", "alpha", "pullback", "step"))
+        assert settings == (4, 0.6, "pullback", 2)
     params = [p for g in la.param_groups for p in g["params"]]
-    assert sorted(meta["slow"]) == list(range(len(params))) == sorted(state["state"])
-    assert set(meta["slow"][0]) == {"slow_param", "slow_momentum"}
-    assert "slow_param" not in state["state"][0]
+    assert sorted(state["state"]) == list(range(len(params)))
+    assert set(state["state"][0]) == {"momentum_buffer", "slow_param", "slow_momentum"}
 
 
-def test_slow_weights_stay_out_of_inner_state_so_adam_initialises_normally() -> None:
+def test_slow_weights_beside_inner_state_leave_adams_lazy_init_alone() -> None:
     model = _model()
     la = create_optimizer("lookahead(adam, k=2)", model)
+    assert len(la.state) == 0  # nothing before the first step, as for Adam itself
     _train(model, la, 1)
     for p in model.parameters():
-        assert set(la.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert set(la.state[p]) == {"step", "exp_avg", "exp_avg_sq", "slow_param"}
         assert float(la.state[p]["step"]) == 1.0
 
 
@@ -210,10 +213,12 @@ def test_load_casts_slow_weights_to_each_parameters_dtype() -> None:
 def test_load_rejects_a_plain_or_mismatched_state_dict() -> None:
     model = _model()
     la = create_optimizer("lookahead(sgd, k=3)", model)
+    plain = create_optimizer("sgd", model)
     with pytest.raises(StateMismatchError, match="lookahead"):
-        la.load_state_dict(la.optimizer.state_dict())
+        la.load_state_dict(plain.state_dict())
+    _train(model, la, 1)
     state = la.state_dict()
-    state["lookahead"]["slow"][0]["slow_param"] = torch.zeros(7)
+    state["state"][0]["slow_param"] = torch.zeros(7)
     with pytest.raises(StateMismatchError, match="shape"):
         la.load_state_dict(state)
 
@@ -223,7 +228,7 @@ def test_pullback_interpolates_only_buffers_the_inner_optimizer_uses() -> None:
     la = create_optimizer("lookahead(adamw, k=2, pullback=pullback)", model)
     _train(model, la, 4)
     for p in model.parameters():
-        assert set(la.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+        assert set(la.state[p]) == {"step", "exp_avg", "exp_avg_sq", "slow_param", "slow_momentum"}
         assert torch.equal(la.state[p]["exp_avg"], la.slow_state[p]["slow_momentum"])
 
 
@@ -231,7 +236,7 @@ def test_reset_clears_inner_state_and_adam_reinitialises_with_step_one() -> None
     model = _model()
     la = create_optimizer("lookahead(adam, k=3, pullback=reset)", model)
     _train(model, la, 3)
-    assert all(len(la.state[p]) == 0 for p in model.parameters())
+    assert all(set(la.state[p]) == {"slow_param"} for p in model.parameters())
     _train(model, la, 1, start=3)
     assert all(float(la.state[p]["step"]) == 1.0 for p in model.parameters())
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -322,7 +327,7 @@ def test_parameters_without_grad_are_skipped_by_inner_and_still_synced() -> None
         la.step()
     assert torch.equal(unused.detach(), torch.full((2,), 3.0))
     assert torch.equal(la.slow_state[unused]["slow_param"], torch.full((2,), 3.0))
-    assert len(la.state[unused]) == 0
+    assert set(la.state[unused]) == {"slow_param"}  # no inner state
 
 
 def test_slow_weights_context_swaps_in_and_restores_fast_weights() -> None:
@@ -397,7 +402,7 @@ def test_reset_clears_the_state_of_an_optimizer_without_momentum() -> None:
         la.zero_grad()
         (w**2).sum().backward()
         la.step()
-        assert (w in la.state) == (step % 2 == 1)  # cleared at each sync, rebuilt lazily
+        assert ("sum" in la.state[w]) == (step % 2 == 1)  # cleared at each sync, rebuilt lazily
 
 
 def test_slow_weights_follow_a_dtype_change_after_construction() -> None:

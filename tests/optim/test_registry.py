@@ -31,6 +31,8 @@ def test_buffers_and_bytes_match_the_state_torch_keeps(name: str) -> None:
 def test_lookahead_entry_matches_its_slow_state(pullback: str, buffers: set[str]) -> None:
     param = nn.Parameter(torch.ones(3))
     la = Lookahead(torch.optim.Adam([param]), pullback=pullback)
+    param.grad = torch.ones(3)
+    la.step()  # slow buffers are created at the first step, beside Adam's
     assert set(la.slow_state[param]) == buffers
     assert OPTIMIZERS["lookahead"].buffers == ("slow_param",)
     assert OPTIMIZERS["lookahead"].bytes_per_param == 4

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
-__all__ = ["lerp_and_copy_"]
+from steplab.errors import StateMismatchError
+
+__all__ = ["Blocks", "lerp_and_copy_", "plan_sync", "run_sync"]
 
 #: bytes per foreach call in the CPU sync: fits L2 with room to spare (measured best of
 #: 64 KiB..4 MiB on 8M float32 parameters; see benchmarks/optimizer_step.py)
@@ -50,6 +52,12 @@ Blocks = list[tuple[list[Tensor], list[Tensor]]]
 
 
 def _plan(fast: list[Tensor], slow: list[Tensor]) -> Blocks:
+    for f, s in zip(fast, slow, strict=True):
+        if f.shape != s.shape or f.device != s.device or f.dtype != s.dtype:
+            raise StateMismatchError(
+                f"slow buffer: shape {tuple(s.shape)} {s.dtype} on {s.device}, expected"
+                f" {tuple(f.shape)} {f.dtype} on {f.device} like the tensor it follows"
+            )
     grouped = _group_tensors_by_device_and_dtype([fast, slow])  # type: ignore[list-item]
     blocks: Blocks = []
     for (device, _), ((fast_list, slow_list), _) in grouped.items():
@@ -65,6 +73,42 @@ def _key(tensors: list[Tensor]) -> tuple[object, ...]:
     return tuple((t.data_ptr(), t.dtype, t.device, t.shape, t.stride()) for t in tensors)
 
 
+def plan_sync(fast: list[Tensor], slow: list[Tensor], cache: dict[str, Any] | None = None
+              ) -> Blocks:
+    """Check and group matching plain tensors for :func:`run_sync`; changes nothing.
+
+    Args:
+        fast: tensors to receive the interpolated values (parameters or buffers).
+        slow: their slow copies.
+        cache: a dict the caller keeps between calls to reuse the block views;
+            they are rebuilt whenever a tensor's storage, shape or layout changed.
+
+    Returns:
+        The blocks :func:`run_sync` walks.
+
+    Raises:
+        StateMismatchError: a pair differs in shape, dtype or device.
+    """
+    if not fast:
+        return []
+    key = _key(fast + slow)
+    if cache is not None and cache.get("key") == key:
+        cached: Blocks = cache["blocks"]
+        return cached
+    blocks = _plan(fast, slow)
+    if cache is not None:
+        cache.update(key=key, blocks=blocks)
+    return blocks
+
+
+@torch.no_grad()
+def run_sync(blocks: Blocks, alpha: float) -> None:
+    """In place, block by block: slow ← slow + α(fast − slow), then fast ← slow."""
+    for fast_block, slow_block in blocks:
+        torch._foreach_lerp_(slow_block, fast_block, alpha)
+        torch._foreach_copy_(fast_block, slow_block)
+
+
 @torch.no_grad()
 def lerp_and_copy_(
     fast: list[Tensor], slow: list[Tensor], alpha: float, cache: dict[str, Any] | None = None
@@ -75,23 +119,16 @@ def lerp_and_copy_(
     copy reads the freshly interpolated block from cache instead of memory:
     about a third less time than two passes over whole tensors (measured on
     8M float32 parameters). Elsewhere each group is one pair of foreach calls.
+    Everything is checked before anything changes. Pass plain tensors (a
+    ``DTensor``'s local shard, not the ``DTensor``).
 
     Args:
         fast: tensors to receive the interpolated values (parameters or buffers).
         slow: their slow copies, same shapes, devices and dtypes.
         alpha: the slow step size α.
-        cache: a dict the caller keeps between calls to reuse the block views;
-            they are rebuilt whenever a tensor's storage, shape or layout changed.
+        cache: see :func:`plan_sync`.
+
+    Raises:
+        StateMismatchError: a pair differs in shape, dtype or device.
     """
-    if not fast:
-        return
-    key = _key(fast + slow)
-    if cache is not None and cache.get("key") == key:
-        blocks: Blocks = cache["blocks"]
-    else:
-        blocks = _plan(fast, slow)
-        if cache is not None:
-            cache.update(key=key, blocks=blocks)
-    for fast_block, slow_block in blocks:
-        torch._foreach_lerp_(slow_block, fast_block, alpha)
-        torch._foreach_copy_(fast_block, slow_block)
+    run_sync(plan_sync(fast, slow, cache), alpha)

@@ -2,15 +2,14 @@
 
 The wrapper shares the inner optimizer's ``param_groups``, ``state`` and
 ``defaults`` objects, so LR schedulers, hyperparameter edits, ``GradScaler``
-and ``add_param_group`` act on one set of groups. Slow weights live in
-``slow_state``, apart from the inner per-parameter state, so Adam's lazy
-initialisation is untouched.
+and ``add_param_group`` act on one set of groups. Its own state lives in
+torch's protocol (see :mod:`steplab.optim.lookahead_state`): slow weights in
+each parameter's state, settings and the step counter in each group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,13 +17,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steplab.errors import SpecError, StateMismatchError
-from steplab.optim.interpolate import lerp_and_copy_
+from steplab.errors import SpecError
+from steplab.optim.interpolate import run_sync
+from steplab.optim.lookahead_state import (
+    PULLBACK_MODES,
+    SLOW_KEYS,
+    check_loadable,
+    check_pullback,
+    check_settings,
+    is_initialising_step,
+    local_optimizer,
+    local_tensor,
+    migrate_state_dict,
+    momentum_buffer_name,
+)
+from steplab.optim.lookahead_sync import plan_group, slow_buffer
 
 __all__ = ["PULLBACK_MODES", "Lookahead", "momentum_buffer_name"]
-
-#: what happens to the inner optimizer's state at each sync
-PULLBACK_MODES: tuple[str, ...] = ("none", "reset", "pullback")
 
 _HOOK_DICTS = (
     "_optimizer_step_pre_hooks",
@@ -34,79 +43,33 @@ _HOOK_DICTS = (
     "_optimizer_load_state_dict_pre_hooks",
     "_optimizer_load_state_dict_post_hooks",
 )
-
-
-def momentum_buffer_name(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> str | None:
-    """Name of the momentum-like buffer ``optimizer`` keeps for ``group``, or None.
-
-    SGD and RMSprop keep ``momentum_buffer`` when ``momentum != 0``; the Adam
-    family (Adam, AdamW, NAdam, RAdam, Adamax) keeps ``exp_avg``.
-
-    >>> p = torch.zeros(2, requires_grad=True)
-    >>> momentum_buffer_name(torch.optim.Adam([p]), {})
-    'exp_avg'
-    >>> momentum_buffer_name(torch.optim.SGD([p]), {"momentum": 0.0}) is None
-    True
-    """
-    adam_family = (
-        torch.optim.Adam,
-        torch.optim.AdamW,
-        torch.optim.NAdam,
-        torch.optim.RAdam,
-        torch.optim.Adamax,
-    )
-    if isinstance(optimizer, adam_family):
-        return "exp_avg"
-    if isinstance(optimizer, (torch.optim.SGD, torch.optim.RMSprop)) and group.get("momentum"):
-        return "momentum_buffer"
-    return None
-
-
-def _check_args(optimizer: object, k: object, alpha: object, pullback: object) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise SpecError(
-            f"optimizer: got {type(optimizer).__name__}, expected a torch.optim.Optimizer"
-        )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) < 1:
-        raise SpecError(f"k: got {k!r}, expected an integer >= 1")
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, numbers.Real)
-        or not 0.0 < float(alpha) <= 1.0
-    ):
-        raise SpecError(f"alpha: got {alpha!r}, expected a number in (0, 1]")
-    if pullback not in PULLBACK_MODES:
-        raise SpecError(f"pullback: got {pullback!r}, expected one of {', '.join(PULLBACK_MODES)}")
-    if pullback == "none":
-        return
-    for group in optimizer.param_groups:
-        no_momentum = momentum_buffer_name(optimizer, group) is None
-        stateless = isinstance(optimizer, torch.optim.SGD) and not group.get("momentum")
-        if no_momentum if pullback == "pullback" else stateless:
-            raise SpecError(
-                f"pullback: got {pullback!r} with optimizer {type(optimizer).__name__}"
-                f"(momentum={group.get('momentum', 'n/a')}), which keeps no "
-                f"{'momentum-like buffer' if pullback == 'pullback' else 'state to reset'};"
-                " expected pullback='none' (or an optimizer with momentum / exp_avg)"
-            )
+_SLOW = frozenset(SLOW_KEYS)
 
 
 class Lookahead(torch.optim.Optimizer):
     r"""Lookahead around any torch optimizer, exactly as Algorithm 1 of the paper.
 
-    Slow weights φ start as the parameters at construction. Each ``step`` runs
-    one inner step on the fast weights θ; after every k inner steps::
+    Slow weights φ start as the parameters at their first step (φ₀ = θ₀). Each
+    ``step`` runs one inner step on the fast weights θ; after every k inner
+    steps::
 
         φ ← φ + α (θ − φ)        # slow weights move toward the fast ones
         θ ← φ                     # fast weights restart from the slow ones
 
     so the first sync happens at step k. ``pullback`` says what happens to the
     inner optimizer's state at a sync: ``"none"`` keeps it; ``"reset"`` clears
-    each parameter's state so the inner optimizer re-initialises it lazily
+    each parameter's inner state so the inner optimizer re-initialises it lazily
     (Adam's step count and moments included: the paper's "resetting");
     ``"pullback"`` interpolates the momentum-like buffer m (SGD's
     ``momentum_buffer``, the Adam family's ``exp_avg``) like the weights:
     m ← m_slow + α (m − m_slow), m_slow ← m.
+
+    State lives where torch keeps optimizer state, so DCP, ZeRO and any
+    framework carry it: ``state[p]["slow_param"]`` (and ``"slow_momentum"``),
+    and ``lookahead_k/alpha/pullback/step`` in every parameter group. It works
+    on FSDP2's ``DTensor`` parameters (each rank syncs its local shard), as the
+    local optimizer of a ``ZeroRedundancyOptimizer`` and around one (then the
+    slow weights of each rank's shard live in ZeRO's local optimizer).
 
     Args:
         optimizer: the inner (fast) optimizer.
@@ -127,6 +90,8 @@ class Lookahead(torch.optim.Optimizer):
         ...     _ = la.step()
         >>> w.detach()  # θ after 2 SGD steps is 0.64·θ₀; φ = θ₀ + 0.5(0.64θ₀ − θ₀)
         tensor([ 0.8200, -0.8200])
+        >>> sorted(la.state[w]), la.param_groups[0]["lookahead_step"]
+        (['slow_param'], 2)
 
     References:
         Zhang, Lucas, Ba, Hinton. "Lookahead Optimizer: k steps forward, 1 step
@@ -140,7 +105,13 @@ class Lookahead(torch.optim.Optimizer):
         alpha: float = 0.5,
         pullback: str = "none",
     ) -> None:
-        _check_args(optimizer, k, alpha, pullback)
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise SpecError(
+                f"optimizer: got {type(optimizer).__name__}, expected a torch.optim.Optimizer"
+            )
+        check_settings(k, alpha, pullback)
+        for group in optimizer.param_groups:
+            check_pullback(optimizer, group, pullback)
         # torch.optim.Optimizer.__init__ would re-add the groups; set up its hook
         # machinery by hand and share the inner groups/state/defaults instead.
         for name in _HOOK_DICTS:
@@ -148,14 +119,50 @@ class Lookahead(torch.optim.Optimizer):
         self._patch_step_function()
         self._warned_capturable_if_run_uncaptured = True
         self.optimizer = optimizer
-        self.k = int(k)
-        self.alpha = float(alpha)
-        self.pullback = pullback
-        self.la_step = 0
-        self.slow_state: dict[Tensor, dict[str, Tensor]] = {}
+        self._settings = {"lookahead_k": int(k), "lookahead_alpha": float(alpha),
+                          "lookahead_pullback": pullback}
         self._sync_cache: dict[str, dict[str, Any]] = {}  # block views reused by each sync
         for group in self.param_groups:
-            self._init_slow(group["params"])
+            for key, value in {**self._settings, "lookahead_step": 0}.items():
+                group.setdefault(key, value)
+        # an inner optimizer that builds its state eagerly (Adagrad) gets slow weights
+        # now, so engines that only look at existing state (DCP) see them
+        self._add_slow([p for _, params in self._local_groups() for p in params
+                        if self._local_state().get(p)])
+
+    @classmethod
+    def factory(cls, optimizer_class: Callable[..., torch.optim.Optimizer], *, k: int = 5,
+                alpha: float = 0.5, pullback: str = "none") -> Callable[..., Lookahead]:
+        """A constructor ``(params, **kwargs) -> Lookahead(optimizer_class(params, **kwargs))``.
+
+        For code that builds the optimizer itself from a class, such as
+        ``ZeroRedundancyOptimizer(params, optimizer_class=...)``, which then
+        gives each rank a Lookahead over its shard.
+
+        Args:
+            optimizer_class: the inner optimizer's class (or any such callable).
+            k: inner steps per sync.
+            alpha: slow step size.
+            pullback: ``"none"``, ``"reset"`` or ``"pullback"``.
+
+        Returns:
+            The constructor.
+
+        Raises:
+            SpecError: bad k, alpha or pullback (checked now, not at first use).
+
+        Example:
+            >>> make = Lookahead.factory(torch.optim.SGD, k=3)
+            >>> make([torch.nn.Parameter(torch.ones(2))], lr=0.1).k
+            3
+        """
+        check_settings(k, alpha, pullback)
+
+        def build(params: Any, **kwargs: Any) -> Lookahead:
+            return cls(optimizer_class(params, **kwargs), k=k, alpha=alpha, pullback=pullback)
+
+        build.__name__ = f"Lookahead_{getattr(optimizer_class, '__name__', 'optimizer')}"
+        return build
 
     # The wrapper has no groups or state of its own: these are the inner ones.
     @property
@@ -184,6 +191,50 @@ class Lookahead(torch.optim.Optimizer):
     def defaults(self, defaults: dict[str, Any]) -> None:
         self.optimizer.defaults = defaults
 
+    def _group_value(self, key: str) -> Any:
+        groups = self.param_groups
+        return groups[0][key] if groups else self._settings.get(key, 0)
+
+    def _set_all(self, key: str, value: Any) -> None:
+        for group in self.param_groups:
+            group[key] = value
+
+    @property
+    def k(self) -> int:
+        """Inner steps per sync (of the first group; each group keeps its own)."""
+        return int(self._group_value("lookahead_k"))
+
+    @property
+    def alpha(self) -> float:
+        """The slow step size α (of the first group)."""
+        return float(self._group_value("lookahead_alpha"))
+
+    @property
+    def pullback(self) -> str:
+        """What a sync does to the inner state (of the first group)."""
+        return str(self._group_value("lookahead_pullback"))
+
+    @property
+    def la_step(self) -> int:
+        """Inner steps taken (the first group's ``lookahead_step``); setting sets every group's."""
+        return int(self._group_value("lookahead_step"))
+
+    @la_step.setter
+    def la_step(self, value: int) -> None:
+        self._set_all("lookahead_step", int(value))
+
+    @property
+    def slow_state(self) -> dict[Tensor, dict[str, Tensor]]:
+        """Each local parameter's Lookahead buffers (a new dict of the state's own tensors)."""
+        state = self._local_state()
+        out: dict[Tensor, dict[str, Tensor]] = {}
+        for _, params in self._local_groups():
+            for p in params:
+                slow = {k: v for k, v in state.get(p, {}).items() if k in _SLOW}
+                if slow:
+                    out[p] = slow
+        return out
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_sync_cache": {}}
 
@@ -195,34 +246,63 @@ class Lookahead(torch.optim.Optimizer):
         inner = type(self.optimizer).__name__
         return f"Lookahead({inner}, k={self.k}, alpha={self.alpha}, pullback={self.pullback!r})"
 
-    def _init_slow(self, params: list[Tensor]) -> None:
+    def _local_state(self) -> Any:
+        """The state dict that holds this process's per-parameter buffers."""
+        return local_optimizer(self.optimizer).state
+
+    def _local_groups(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        """Each group's settings with the parameters whose state this process holds."""
+        local = local_optimizer(self.optimizer)
+        if local is self.optimizer:
+            return [(g, list(g["params"])) for g in self.param_groups]
+        return [(g, list(lg["params"]))
+                for g, lg in zip(self.param_groups, local.param_groups, strict=True)]
+
+    def _add_slow(self, params: list[Tensor], values: dict[Tensor, Tensor] | None = None
+                  ) -> None:
+        """Give ``params`` slow weights: ``values[p]`` or their current values (φ₀ = θ₀)."""
+        if not params:
+            return
+        state, pullback = self._local_state(), {}
+        for group, group_params in self._local_groups():
+            for p in group_params:
+                pullback[p] = group["lookahead_pullback"]
         with torch.no_grad():
             for p in params:
-                slow = {"slow_param": p.detach().clone()}
-                if self.pullback == "pullback":
-                    slow["slow_momentum"] = torch.zeros_like(p)  # momentum starts at zero
-                self.slow_state[p] = slow
+                buffers = state.setdefault(p, {})
+                buffers["slow_param"] = p.detach().clone() if values is None else values[p]
+                if pullback.get(p) == "pullback":  # the slow momentum starts at zero
+                    buffers["slow_momentum"] = torch.zeros_like(p)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the inner optimizer; its parameters get slow weights now.
+        """Add a group to the inner optimizer with this Lookahead's settings.
+
+        Its step counter starts at the current one, so it syncs with the other
+        groups; its slow weights are taken at its first step.
 
         Args:
-            param_group: a torch param group dict (``{"params": [...], "lr": ...}``).
+            param_group: a torch param group dict (``{"params": [...], "lr": ...}``);
+                ``lookahead_k`` / ``lookahead_alpha`` / ``lookahead_pullback``
+                in it override this Lookahead's settings for the group.
 
         Raises:
-            SpecError: ``pullback`` needs a momentum buffer the new group lacks.
+            SpecError: bad settings, or ``pullback`` needs a momentum buffer the
+                new group lacks.
         """
-        merged = {**self.defaults, **param_group}
-        if self.pullback != "none" and momentum_buffer_name(self.optimizer, merged) is None:
+        group = {**self._settings, "lookahead_step": self.la_step, **param_group}
+        merged = {**self.defaults, **group}
+        check_settings(merged["lookahead_k"], merged["lookahead_alpha"],
+                       merged["lookahead_pullback"], "param_group.lookahead_")
+        if merged["lookahead_pullback"] != "none" and momentum_buffer_name(
+                self.optimizer, merged) is None:
             raise SpecError(
                 f"param_group: momentum={merged.get('momentum', 'n/a')} keeps no momentum-like"
-                f" buffer, expected one for pullback={self.pullback!r}"
+                f" buffer, expected one for pullback={merged['lookahead_pullback']!r}"
             )
-        self.optimizer.add_param_group(param_group)
-        self._init_slow(self.param_groups[-1]["params"])
+        self.optimizer.add_param_group(group)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One inner step; every k-th step also syncs slow and fast weights.
+        """One inner step; every k-th step of a group also syncs its slow and fast weights.
 
         Args:
             closure: re-evaluates the model and returns the loss; called once.
@@ -230,52 +310,85 @@ class Lookahead(torch.optim.Optimizer):
         Returns:
             The closure's loss, or None without a closure.
         """
-        loss = self.optimizer.step(closure)
-        self.la_step += 1
-        if self.la_step % self.k == 0:
-            self.sync()
+        state = self._local_state()
+        params = [p for _, ps in self._local_groups() for p in ps]
+        fresh, bare = [], {}
+        for p in params:
+            buffers = state.get(p)
+            if not buffers or "slow_param" not in buffers:
+                fresh.append(p)
+            elif buffers.keys() <= _SLOW:  # inner state cleared: let it re-initialise lazily
+                bare[p] = state.pop(p)
+        initialising = len(fresh) == len(params) and is_initialising_step(
+            self.param_groups, params)
+        if fresh:
+            with torch.no_grad():
+                before = {p: p.detach().clone() for p in fresh}
+        try:
+            loss = self.optimizer.step(closure)
+        finally:
+            for p, buffers in bare.items():
+                state.setdefault(p, {}).update(buffers)
+        if fresh:
+            self._add_slow(fresh, before)
+        if initialising:
+            return loss
+        due = []
+        for group in self.param_groups:
+            group["lookahead_step"] += 1
+            if group["lookahead_step"] % group["lookahead_k"] == 0:
+                due.append(group)
+        if due:
+            self.sync(due)
         return loss
 
-    def _slow(self, p: Tensor, name: str, like: Tensor | None = None) -> Tensor:
-        """A slow buffer of ``p``, moved to ``like``'s (default ``p``'s) device and dtype.
-
-        Parameters moved with ``model.to(...)`` after construction take their
-        slow copies along at the next sync instead of failing in the kernel.
-        """
-        ref = p if like is None else like
-        slow: Tensor = self.slow_state[p][name]
-        if slow.device != ref.device or slow.dtype != ref.dtype:
-            slow = self.slow_state[p][name] = slow.to(device=ref.device, dtype=ref.dtype)
-        return slow
-
     @torch.no_grad()
-    def sync(self) -> None:
+    def sync(self, groups: list[dict[str, Any]] | None = None) -> None:
         """Move slow weights toward the fast ones and restart the fast ones from them.
 
-        ``step`` calls this every k steps; calling it yourself adds an extra
-        outer step (timm's ``sync_lookahead`` does this at epoch ends, which the
-        paper does not).
+        ``step`` calls this for each group every k steps; calling it yourself
+        adds an extra outer step (timm's ``sync_lookahead`` does this at epoch
+        ends, which the paper does not). Every tensor is checked before any is
+        changed, so a failure leaves no group half-synced. Under ZeRO each rank
+        syncs its shard, then the updated shards are broadcast.
+
+        Args:
+            groups: the parameter groups to sync (default: all).
+
+        Raises:
+            StateMismatchError: a slow buffer does not match its tensor.
         """
-        params = [p for g in self.param_groups for p in g["params"]]
-        slows = [self._slow(p, "slow_param") for p in params]
-        lerp_and_copy_(params, slows, self.alpha, self._sync_cache.setdefault("param", {}))
-        if self.pullback == "reset":
-            for p in params:
-                self.state.pop(p, None)
-        elif self.pullback == "pullback":
-            bufs, slow_bufs = [], []
-            for g in self.param_groups:
-                key = momentum_buffer_name(self.optimizer, g)
-                for p in g["params"]:
-                    buf = self.state.get(p, {}).get(key) if key else None
-                    if isinstance(buf, Tensor):
-                        bufs.append(buf)
-                        slow_bufs.append(self._slow(p, "slow_momentum", like=buf))
-            lerp_and_copy_(bufs, slow_bufs, self.alpha, self._sync_cache.setdefault("momentum", {}))
+        chosen = self.param_groups if groups is None else groups
+        work = [(g, ps, i) for i, (g, ps) in enumerate(self._local_groups())
+                if any(g is c for c in chosen)]
+        state = self._local_state()
+        plans = [(g, ps, plan_group(self.optimizer, state, g, ps,
+                                    self._sync_cache.setdefault(str(i), {})))
+                 for g, ps, i in work]
+        for group, params, blocks in plans:
+            for plan in blocks:
+                run_sync(plan, float(group["lookahead_alpha"]))
+            if group["lookahead_pullback"] == "reset":
+                for p in params:
+                    buffers = state.get(p, {})
+                    for key in [k for k in buffers if k not in _SLOW]:
+                        del buffers[key]
+        if local_optimizer(self.optimizer) is not self.optimizer:
+            self.optimizer._sync_params()  # type: ignore[attr-defined]  # ZeRO: broadcast shards
+
+    def _all_params(self) -> tuple[list[Tensor], list[Tensor]]:
+        """(parameters with slow weights, their slow weights), this process's shards."""
+        slow = self.slow_state
+        params = [p for p in slow if "slow_param" in slow[p]]
+        state = self._local_state()
+        return [local_tensor(p) for p in params], [
+            local_tensor(slow_buffer(state, p, "slow_param")) for p in params]
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[None]:
         """Put the slow weights into the parameters for the block, then restore the fast ones.
+
+        Parameters that have not stepped yet are their own slow weights.
 
         Example:
             >>> w = torch.nn.Parameter(torch.ones(2))
@@ -287,10 +400,10 @@ class Lookahead(torch.optim.Optimizer):
             >>> w.detach()
             tensor([0.5000, 0.5000])
         """
-        params = [p for g in self.param_groups for p in g["params"]]
+        params, slows = self._all_params()
         with torch.no_grad():
-            fast = [p.detach().clone() for p in params]
-            torch._foreach_copy_(params, [self.slow_state[p]["slow_param"] for p in params])
+            fast = [p.clone() for p in params]
+            torch._foreach_copy_(params, slows)
         try:
             yield
         finally:
@@ -304,27 +417,20 @@ class Lookahead(torch.optim.Optimizer):
         Call it after the last step, before evaluating or saving the model. (A
         run whose step count is a multiple of k already ends on them.)
         """
-        params = [p for g in self.param_groups for p in g["params"]]
-        torch._foreach_copy_(params, [self.slow_state[p]["slow_param"] for p in params])
+        params, slows = self._all_params()
+        torch._foreach_copy_(params, slows)
 
     def state_dict(self) -> dict[str, Any]:
-        """The inner state dict plus ``"lookahead"``: k, alpha, pullback, step and slow buffers.
+        """The inner optimizer's state dict, which holds all of Lookahead's state.
 
-        ``"slow"`` is keyed by the same parameter index the inner ``"state"``
-        uses (position over all groups in order). Everything loads with
-        ``torch.load(weights_only=True)``.
+        Slow buffers sit in ``state[i]`` beside the inner buffers; settings and
+        the step counter in each ``param_groups[j]``. Everything loads with
+        ``torch.load(weights_only=True)``. Under ZeRO, call the inner
+        ``consolidate_state_dict()`` first, as for ZeRO itself.
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
-        state = self.optimizer.state_dict()
-        params = [p for g in self.param_groups for p in g["params"]]
-        state["lookahead"] = {
-            "k": self.k,
-            "alpha": self.alpha,
-            "pullback": self.pullback,
-            "step": self.la_step,
-            "slow": {i: dict(self.slow_state[p]) for i, p in enumerate(params)},
-        }
+        state: dict[str, Any] = self.optimizer.state_dict()
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state)
             if result is not None:
@@ -332,14 +438,18 @@ class Lookahead(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`; groups and state stay the same shared objects.
+        """Load a :meth:`state_dict` (or one in steplab's older layout, migrated).
 
-        Slow buffers are cast to each parameter's device and dtype; k, alpha,
-        pullback and the step counter are taken from the dict, as torch takes
-        group hyperparameters from it.
+        Groups and state stay the same shared objects. Slow buffers are cast to
+        each parameter's device and dtype by torch; k, alpha, pullback and the
+        step counter are taken from the dict, as torch takes group
+        hyperparameters from it.
+
+        Args:
+            state_dict: from :meth:`state_dict` (by keyword too, as DCP calls it).
 
         Raises:
-            StateMismatchError: the dict has no ``"lookahead"`` entry, or its slow
+            StateMismatchError: the dict is not a Lookahead's, or its slow
                 buffers do not match the parameters.
             SpecError: its k, alpha or pullback are invalid.
         """
@@ -348,13 +458,8 @@ class Lookahead(torch.optim.Optimizer):
             result = pre_hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        la = state_dict.pop("lookahead", None)
-        if not isinstance(la, dict):
-            raise StateMismatchError(
-                "state_dict['lookahead']: missing, expected the dict Lookahead.state_dict() writes"
-            )
-        _check_args(self.optimizer, la.get("k"), la.get("alpha"), la.get("pullback"))
-        slow = self._slow_from_dict(la.get("slow", {}), str(la["pullback"]))
+        state_dict = migrate_state_dict(state_dict)
+        check_loadable(state_dict, self.param_groups)
         groups, state = self.optimizer.param_groups, self.optimizer.state
         self.optimizer.load_state_dict(state_dict)
         # torch's load_state_dict rebinds both: put the new contents into the shared objects
@@ -363,32 +468,6 @@ class Lookahead(torch.optim.Optimizer):
         state.clear()
         state.update(new_state)
         self.optimizer.state = state
-        self.k, self.alpha, self.pullback = int(la["k"]), float(la["alpha"]), str(la["pullback"])
-        self.la_step = int(la.get("step", 0))
-        self.slow_state = slow
+        self._sync_cache.clear()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
-
-    def _slow_from_dict(
-        self, saved: dict[Any, Any], pullback: str
-    ) -> dict[Tensor, dict[str, Tensor]]:
-        params = [p for g in self.param_groups for p in g["params"]]
-        names = ("slow_param", "slow_momentum") if pullback == "pullback" else ("slow_param",)
-        slow: dict[Tensor, dict[str, Tensor]] = {}
-        for i, p in enumerate(params):
-            entry = saved.get(i, saved.get(str(i)))
-            if not isinstance(entry, dict) or any(n not in entry for n in names):
-                raise StateMismatchError(
-                    f"state_dict['lookahead']['slow'][{i}]: missing, expected {' and '.join(names)}"
-                    f" for parameter {i} of {len(params)}"
-                )
-            for n in names:
-                if tuple(entry[n].shape) != tuple(p.shape):
-                    raise StateMismatchError(
-                        f"state_dict['lookahead']['slow'][{i}]['{n}']: shape"
-                        f" {tuple(entry[n].shape)}, expected {tuple(p.shape)}"
-                    )
-            slow[p] = {
-                n: entry[n].detach().to(device=p.device, dtype=p.dtype, copy=True) for n in names
-            }
-        return slow

@@ -39,9 +39,10 @@ from torch import nn
 
 from steplab.errors import CheckpointError
 from steplab.optim import OPTIMIZERS
+from steplab.optim.lookahead_state import SLOW_KEYS
 from steplab.state.codec import decode
 from steplab.state.manifest import MANIFEST, open_checkpoint
-from steplab.state.named import named_state_dict, named_state_dict_for
+from steplab.state.named import FORMAT, migrate_named, named_state_dict, named_state_dict_for
 from steplab.state.tensorfile import read_tensors
 
 __all__ = [
@@ -264,12 +265,13 @@ def report_from_named(named: Mapping[str, Any],
     Returns:
         The report, parameters in group order.
     """
-    slow = named.get("lookahead", {}).get("slow", {}) if named.get("lookahead") else {}
+    named = migrate_named(named)
     rows: list[ParamState] = []
     for g_index, group in enumerate(named["param_groups"]):
         for name in group["params"]:
-            buffers = dict(named["state"].get(name, {}))
-            extra = {f"lookahead.{k}": v for k, v in slow.get(name, {}).items()}
+            saved = dict(named["state"].get(name, {}))
+            buffers = {k: v for k, v in saved.items() if k not in SLOW_KEYS}
+            extra = {f"lookahead.{k}": v for k, v in saved.items() if k in SLOW_KEYS}
             infos = tuple(_buffer_info(k, v) for k, v in {**buffers, **extra}.items())
             mean_abs_m, rms_v = _moment_stats(buffers)
             step = buffers.get("step")
@@ -281,7 +283,8 @@ def report_from_named(named: Mapping[str, Any],
     groups = tuple({k: _json_value(v) for k, v in g.items() if k != "params"}
                    for g in named["param_groups"])
     label = str(named.get("spec") or named.get("optimizer"))
-    if named.get("lookahead") and not named.get("spec"):
+    is_la = any("lookahead_step" in g for g in named["param_groups"])
+    if is_la and not named.get("spec"):
         label = f"Lookahead({label})"
     return StateReport(label, tuple(rows), groups)
 
@@ -352,7 +355,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> StateReport:
     if manifest.get("optimizer") is None:
         shapes = {k.removeprefix("model/"): list(t.shape) for k, t in tensors.items()
                   if k.startswith("model/")}
-        named: dict[str, Any] = {"optimizer": "no optimizer state", "state": {},
+        named: dict[str, Any] = {"format": FORMAT, "optimizer": "no optimizer state", "state": {},
                                  "param_shapes": shapes, "param_groups": [{"params": list(shapes)}]}
     else:
         named = decode(manifest["optimizer"], tensors)

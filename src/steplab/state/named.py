@@ -6,14 +6,18 @@ additional verification" (pytorch/pytorch#1489): a reordered or extended
 model silently gets the wrong moments or fails to load. The *named* state
 dict keys everything by the parameter's name in the model::
 
-    {"format": "steplab.named-optim/1",
+    {"format": "steplab.named-optim/2",
      "optimizer": "torch.optim.adamw.AdamW",   # class of the (inner) optimizer
      "spec": "adamw(lr=0.001)" | None,          # steplab spec when known
      "param_shapes": {name: [d0, d1, ...]},
-     "state": {name: {buffer: tensor | number}},
-     "param_groups": [{hyperparameter: value, ..., "params": [name, ...]}],
-     "lookahead": {"k", "alpha", "pullback", "step",   # only for a Lookahead
-                   "slow": {name: {"slow_param": tensor, ...}}}}
+     "state": {name: {buffer: tensor | number}},  # a Lookahead's slow_param here too
+     "param_groups": [{hyperparameter: value, ..., "params": [name, ...]}]}
+
+A Lookahead keeps its state in torch's protocol (``slow_param`` /
+``slow_momentum`` in each parameter's state, ``lookahead_k/alpha/pullback/step``
+in each group), so it needs no section of its own. Format 1 had a separate
+``"lookahead": {"k", "alpha", "pullback", "step", "slow": {name: {...}}}``;
+:func:`migrate_named` turns it into format 2, and loading does so by itself.
 
 Loading builds the positional state dict of the *current* optimizer by name
 and hands it to the optimizer's own ``load_state_dict``, so torch's casting to
@@ -25,7 +29,8 @@ same set of parameter names; otherwise it keeps its own. With
 ``hyperparameters="current"`` every group keeps its own. A Lookahead's ``k``,
 ``alpha`` and ``pullback`` always come from the current optimizer (they are
 its construction settings); its step counter and slow weights come from the
-saved state.
+saved state (parameters without saved slow weights take theirs at the next
+step).
 
 >>> from torch import nn
 >>> model = nn.Linear(3, 2)
@@ -51,6 +56,7 @@ import torch
 from torch import nn
 
 from steplab.errors import CheckpointError, StateMismatchError
+from steplab.optim.lookahead_state import GROUP_KEYS, SLOW_KEYS, check_settings
 from steplab.state.names import (
     group_hyperparameters,
     inner_of,
@@ -64,12 +70,15 @@ __all__ = [
     "NamedLoadReport",
     "check_named_state_dict",
     "load_named_state_dict",
+    "migrate_named",
     "named_state_dict",
     "named_state_dict_for",
 ]
 
 #: format tag of a named optimizer state dict
-FORMAT = "steplab.named-optim/1"
+FORMAT = "steplab.named-optim/2"
+_FORMAT_1 = "steplab.named-optim/1"  # Lookahead state in a separate "lookahead" section
+_LA_SETTINGS = GROUP_KEYS[:3]  # k, alpha, pullback: the current optimizer's
 _SHOWN = 5  # names listed in one-line messages
 
 
@@ -146,11 +155,63 @@ def named_state_dict_for(
         "state": state,
         "param_groups": groups,
     }
-    lookahead = saved.get("lookahead")
-    if isinstance(lookahead, Mapping):
-        slow = {flat[int(i)]: dict(bufs) for i, bufs in lookahead.get("slow", {}).items()}
-        named["lookahead"] = {**{k: v for k, v in lookahead.items() if k != "slow"}, "slow": slow}
     return named
+
+
+def migrate_named(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn a format-1 named state dict into format 2 (format 2 comes back as a copy).
+
+    Format 1 kept a Lookahead's slow buffers and settings in a ``"lookahead"``
+    section; format 2 keeps them where torch does (module docstring).
+
+    Args:
+        state: a named state dict of format 1 or 2.
+
+    Returns:
+        A format-2 named state dict (tensors shared, not copied).
+
+    Raises:
+        CheckpointError: not a named state dict, or a malformed ``"lookahead"`` section.
+
+    Example:
+        >>> old = {"format": "steplab.named-optim/1", "optimizer": "torch.optim.sgd.SGD",
+        ...        "spec": None, "param_shapes": {"w": [2]}, "state": {},
+        ...        "param_groups": [{"lr": 0.1, "params": ["w"]}],
+        ...        "lookahead": {"k": 5, "alpha": 0.5, "pullback": "none", "step": 7,
+        ...                      "slow": {"w": {"slow_param": torch.zeros(2)}}}}
+        >>> new = migrate_named(old)
+        >>> new["format"], sorted(new["state"]["w"]), new["param_groups"][0]["lookahead_step"]
+        ('steplab.named-optim/2', ['slow_param'], 7)
+    """
+    if not isinstance(state, Mapping) or state.get("format") not in (FORMAT, _FORMAT_1):
+        got = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(
+            f"optimizer state format: got {got!r}, expected {FORMAT!r} (or {_FORMAT_1!r})"
+        )
+    out = {**state, "format": FORMAT}
+    legacy = out.pop("lookahead", None)
+    if not isinstance(legacy, Mapping):
+        return out
+    try:
+        check_settings(legacy.get("k"), legacy.get("alpha"), legacy.get("pullback"),
+                       "optimizer state.lookahead.")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    slow = legacy.get("slow", {})
+    if not isinstance(slow, Mapping):
+        raise CheckpointError(
+            f"optimizer state.lookahead.slow: got {type(slow).__name__}, expected a dict"
+        )
+    named_state = {name: dict(buffers) for name, buffers in dict(out.get("state", {})).items()}
+    for name, buffers in slow.items():
+        named_state.setdefault(name, {}).update(
+            {k: v for k, v in dict(buffers).items() if k in SLOW_KEYS})
+    settings = {"lookahead_k": int(legacy["k"]), "lookahead_alpha": float(legacy["alpha"]),
+                "lookahead_pullback": str(legacy["pullback"]),
+                "lookahead_step": int(legacy.get("step", 0))}
+    out["state"] = named_state
+    out["param_groups"] = [{**g, **settings} for g in out.get("param_groups", [])]
+    return out
 
 
 def _check_format(state: Mapping[str, Any]) -> None:
@@ -186,8 +247,12 @@ def _match_names(
     return loadable, missing, unexpected, mismatched
 
 
+def _saved_lookahead(state: Mapping[str, Any]) -> bool:
+    return any("lookahead_step" in g for g in state["param_groups"])
+
+
 def _lookahead_notes(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> list[str]:
-    has_saved, is_la = isinstance(state.get("lookahead"), Mapping), is_lookahead(optimizer)
+    has_saved, is_la = _saved_lookahead(state), is_lookahead(optimizer)
     if has_saved and not is_la:
         return ["lookahead: saved state has Lookahead slow weights; the optimizer is no Lookahead"]
     if is_la and not has_saved:
@@ -209,27 +274,21 @@ def _maybe_clone(value: Any, copy: bool) -> Any:
     return value
 
 
-def _lookahead_section(
-    optimizer: torch.optim.Optimizer,
-    saved: Mapping[str, Any] | None,
-    index: dict[str, int],
-    loadable: set[str],
-    copy: bool,
-) -> dict[str, Any]:
-    """The positional ``"lookahead"`` entry: saved slow weights by name, fresh for the rest."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    saved_slow = saved.get("slow", {}) if saved is not None else {}
-    slow: dict[int, dict[str, Any]] = {}
-    for name, i in index.items():
-        if name in loadable and name in saved_slow:
-            slow[i] = {k: _maybe_clone(v, copy) for k, v in saved_slow[name].items()}
-        else:  # a fresh Lookahead starts its slow weights at the current parameters
-            slow[i] = {"slow_param": params[i].detach().clone()}
-        if getattr(optimizer, "pullback", None) == "pullback":  # its slow momentum starts at zero
-            slow[i].setdefault("slow_momentum", torch.zeros_like(params[i]))
-    step = int(saved.get("step", 0)) if saved is not None else 0
-    settings = {k: getattr(optimizer, k) for k in ("k", "alpha", "pullback")}
-    return {**settings, "step": step, "slow": slow}
+def _lookahead_groups(optimizer: torch.optim.Optimizer, state: Mapping[str, Any],
+                      groups: list[dict[str, Any]], matched: list[Mapping[str, Any] | None]
+                      ) -> None:
+    """Set each positional group's Lookahead entries: settings current, step counter saved."""
+    saved_steps = [g["lookahead_step"] for g in state["param_groups"] if "lookahead_step" in g]
+    for group, current, saved in zip(groups, optimizer.param_groups, matched, strict=True):
+        for key in GROUP_KEYS:
+            group.pop(key, None)
+        if not is_lookahead(optimizer):
+            continue
+        group.update({key: current[key] for key in _LA_SETTINGS})
+        if saved is not None and "lookahead_step" in saved:
+            group["lookahead_step"] = int(saved["lookahead_step"])
+        else:  # a group the saved state does not have as a whole: the run's counter
+            group["lookahead_step"] = int(max(saved_steps, default=current["lookahead_step"]))
 
 
 def check_named_state_dict(
@@ -254,6 +313,7 @@ def check_named_state_dict(
         CheckpointError: if ``state`` is not a named state dict.
         StateMismatchError: in strict mode, when anything disagrees.
     """
+    state = migrate_named(state)
     _check_format(state)
     current = named_parameters(model)
     group_names = optimizer_param_names(optimizer, model)
@@ -306,12 +366,17 @@ def load_named_state_dict(
     loadable, missing, unexpected, mismatched, notes = check_named_state_dict(
         optimizer, model, state, strict
     )
+    state = migrate_named(state)
+    dropped = () if is_lookahead(optimizer) else SLOW_KEYS  # slow weights only for a Lookahead
+    all_saved = {frozenset(g.get("params", [])): g for g in state["param_groups"]}
     group_names = optimizer_param_names(optimizer, model)
     saved_groups = {frozenset(g.get("params", [])): g for g in state["param_groups"]}
     loadable_set, positional_groups, from_saved = set(loadable), [], []
     index: dict[str, int] = {}
     positional_state: dict[int, dict[str, Any]] = {}
+    matched: list[Mapping[str, Any] | None] = []
     for g_index, (group, names) in enumerate(zip(optimizer.param_groups, group_names, strict=True)):
+        matched.append(all_saved.get(frozenset(names)))
         saved_group = saved_groups.get(frozenset(names)) if hyperparameters == "match" else None
         hyper = group_hyperparameters(saved_group if saved_group is not None else group)
         if saved_group is not None:
@@ -322,14 +387,11 @@ def load_named_state_dict(
             if name in loadable_set and name in state["state"]:
                 buffers = state["state"][name]
                 positional_state[start + offset] = {
-                    k: _maybe_clone(v, copy) for k, v in buffers.items()
+                    k: _maybe_clone(v, copy) for k, v in buffers.items() if k not in dropped
                 }
         positional_groups.append({**hyper, "params": list(range(start, start + len(names)))})
+    _lookahead_groups(optimizer, state, positional_groups, matched)
     positional: dict[str, Any] = {"state": positional_state, "param_groups": positional_groups}
-    if is_lookahead(optimizer):
-        saved_la = state.get("lookahead")
-        la = saved_la if isinstance(saved_la, Mapping) else None
-        positional["lookahead"] = _lookahead_section(optimizer, la, index, loadable_set, copy)
     try:
         optimizer.load_state_dict(positional)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

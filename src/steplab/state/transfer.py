@@ -52,7 +52,7 @@ from torch import nn
 
 from steplab.errors import SpecError
 from steplab.state.inspection import FIRST_MOMENT
-from steplab.state.named import check_named_state_dict, load_named_state_dict
+from steplab.state.named import check_named_state_dict, load_named_state_dict, migrate_named
 from steplab.state.names import inner_of, is_lookahead, named_parameters
 
 __all__ = ["POLICIES", "TransferReport", "transfer"]
@@ -98,6 +98,7 @@ def _renamed(state: Mapping[str, Any], rename: Mapping[str, str]) -> tuple[dict[
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
         raise SpecError(f"rename: got {dict(rename)!r}, expected a dict of str prefixes -> str")
     rules = sorted(rename.items(), key=lambda kv: -len(kv[0]))
+    state = migrate_named(state)
     names = set(state.get("param_shapes", {})) | set(state.get("state", {}))
     mapping = {n: _new_name(n, rules) for n in names}
     out = dict(state)
@@ -105,10 +106,6 @@ def _renamed(state: Mapping[str, Any], rename: Mapping[str, str]) -> tuple[dict[
     out["param_shapes"] = {mapping.get(n, n): v for n, v in state["param_shapes"].items()}
     out["param_groups"] = [{**g, "params": [mapping.get(n, n) for n in g["params"]]}
                            for g in state["param_groups"]]
-    if isinstance(state.get("lookahead"), Mapping):
-        slow = state["lookahead"].get("slow", {})
-        out["lookahead"] = {**state["lookahead"], "slow": {mapping.get(n, n): v
-                                                          for n, v in slow.items()}}
     return out, {old: new for old, new in mapping.items() if old != new}
 
 

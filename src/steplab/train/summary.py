@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steplab.optim import Lookahead
+from steplab.optim.lookahead_state import local_optimizer
 from steplab.state import params_sha256
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ __all__ = ["build_summary", "state_bytes"]
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of per-parameter optimizer state tensors (Lookahead's slow copies included).
+    """Bytes of this process's per-parameter optimizer state (Lookahead's slow copies included).
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(10)); p.grad = torch.ones(10)
@@ -34,9 +35,8 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
         >>> state_bytes(opt) >= 80  # exp_avg and exp_avg_sq, 10 float32 each
         True
     """
-    buffers: list[dict[str, Any]] = list(optimizer.state.values())
-    if isinstance(optimizer, Lookahead):
-        buffers += list(optimizer.slow_state.values())
+    inner = optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
+    buffers: list[dict[str, Any]] = list(local_optimizer(inner).state.values())
     return sum(
         t.numel() * t.element_size()
         for per_param in buffers
