@@ -115,7 +115,9 @@ _LOAD_WITHOUT_STEPLAB = textwrap.dedent("""
              else torch.load(out + "/model.pt", weights_only=True))
     opt = torch.load(out + "/optimizer.pt", weights_only=True)
     print(json.dumps({"model": {k: v.sum().item() for k, v in model.items()},
-                      "names": opt["param_names"], "lookahead": "lookahead" in opt,
+                      "names": opt["param_names"],
+                      "lookahead": all("slow_param" in s for s in opt["state"].values())
+                      and all("lookahead_step" in g for g in opt["param_groups"]),
                       "exp_avg": {str(i): s["exp_avg"].sum().item()
                                   for i, s in opt["state"].items()},
                       "groups": [g["params"] for g in opt["param_groups"]]}))

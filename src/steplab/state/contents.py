@@ -30,6 +30,7 @@ from steplab.errors import CheckpointError
 from steplab.state.codec import decode
 from steplab.state.inspection import resolve_checkpoint
 from steplab.state.manifest import MANIFEST, open_checkpoint
+from steplab.state.named import migrate_named
 from steplab.state.tensorfile import read_tensors
 
 __all__ = ["CheckpointContents", "read"]
@@ -87,6 +88,8 @@ def read(path: str | os.PathLike[str], *, verify: bool = True) -> CheckpointCont
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{MANIFEST}: malformed state ({exc})") from None
     model = {k.removeprefix("model/"): t for k, t in tensors.items() if k.startswith("model/")}
+    if parts["optimizer"] is not None:  # one layout for callers: Lookahead state in torch's
+        parts["optimizer"] = migrate_named(parts["optimizer"])
     return CheckpointContents(
         ckpt.path, str(manifest["format"]), int(manifest["step"]), model, parts["optimizer"],
         parts["scheduler"], parts["scaler"], manifest.get("rng"), dict(manifest["extra"]),

@@ -11,9 +11,9 @@
   parameters numbered in group order) that ``torch.load(weights_only=True)``
   accepts and ``optimizer.load_state_dict`` loads into an optimizer built on
   the model's parameters in that order. It also carries
-  ``"param_names": [[name, ...] per group]`` so the order can be checked, and
-  for Lookahead ``"lookahead": {"k", "alpha", "pullback", "step", "slow": {index: ...}}``
-  (the form ``steplab.optim.Lookahead.state_dict`` uses).
+  ``"param_names": [[name, ...] per group]`` so the order can be checked. A
+  Lookahead's slow buffers are in ``state`` and its ``lookahead_*`` settings
+  and counter in the groups: the form ``steplab.optim.Lookahead.state_dict`` uses.
 
 >>> import tempfile, torch
 >>> from torch import nn
@@ -35,6 +35,7 @@ import torch
 
 from steplab.errors import CheckpointError, SpecError
 from steplab.state.contents import read
+from steplab.state.named import migrate_named
 
 __all__ = ["EXPORT_FORMATS", "export", "torch_optimizer_state"]
 
@@ -49,9 +50,12 @@ def torch_optimizer_state(named: dict[str, Any]) -> dict[str, Any]:
         named: a named state dict (``steplab.checkpoint.read(path).optimizer``).
 
     Returns:
-        ``{"state", "param_groups", "param_names"}`` (plus ``"lookahead"``), parameters
-        numbered by position over all groups in order.
+        ``{"state", "param_groups", "param_names"}``, parameters numbered by
+        position over all groups in order (a Lookahead's slow buffers in
+        ``state``, its settings and counter in the groups, as its
+        ``state_dict()`` has them; a format-1 named dict is migrated first).
     """
+    named = migrate_named(named)
     index: dict[str, int] = {}
     groups, names = [], []
     for group in named["param_groups"]:
@@ -64,10 +68,6 @@ def torch_optimizer_state(named: dict[str, Any]) -> dict[str, Any]:
         "param_groups": groups,
         "param_names": names,
     }
-    lookahead = named.get("lookahead")
-    if lookahead:
-        slow = {index[n]: dict(b) for n, b in lookahead.get("slow", {}).items() if n in index}
-        out["lookahead"] = {**{k: v for k, v in lookahead.items() if k != "slow"}, "slow": slow}
     return out
 
 
