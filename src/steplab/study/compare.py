@@ -94,6 +94,7 @@ class _Plan:
     warnings: dict[Group, str] = field(default_factory=dict)
     cached: int = 0
     cpu_seconds: float = 0.0
+    tasks: bytes | None = None
 
     def run_dir(self, config: dict[str, Any]) -> Path:
         from steplab.train import TrainConfig
@@ -111,7 +112,7 @@ class _Plan:
                 self.cached += 1
                 continue
             label = f"{group.task} {group.optimizer} lr={config['lr']:.3g} seed {config['seed']}"
-            jobs.append(RunJob(config, str(run_dir), label, (group.key, role)))
+            jobs.append(RunJob(config, str(run_dir), label, (group.key, role), self.tasks))
         return jobs
 
     def after_search(self, group: Group) -> list[RunJob]:
@@ -167,11 +168,40 @@ class _Plan:
         )
 
     def on_done(self, job: RunJob, summary: dict[str, Any]) -> list[RunJob]:
+        if summary.get("fatal"):  # every run would fail alike: stop with the one line
+            raise SpecError(str(summary.get("error")))
         summary = dict(summary)
         self.cpu_seconds += float(summary.pop("cpu_seconds", 0.0))
         self.summaries[Path(job.run_dir).name] = summary
         group = next(g for g in self.search if g.key == job.tag[0])
         return self.after_search(group) if job.tag[1] == "search" else []
+
+
+def shipped_tasks(spec: StudySpec) -> bytes | None:
+    """The study's tasks that ``register_task`` added in this process, cloudpickled for workers.
+
+    Worker processes (local pool or Ray) start without them; cloudpickle sends a
+    task defined in a notebook or a ``python -c`` script by value.
+
+    Raises:
+        SpecError: such a task cannot be pickled (one line naming it and how to fix it).
+    """
+    import cloudpickle
+
+    from steplab.tasks import registered_tasks
+
+    user = registered_tasks()
+    mine = [user[name] for name in dict.fromkeys((*spec.tasks, *spec.trajectories)) if name in user]
+    if not mine:
+        return None
+    try:
+        return bytes(cloudpickle.dumps(mine))
+    except Exception as exc:  # any pickling failure is the user's task: say which
+        names = ", ".join(repr(t.name) for t in mine)
+        raise SpecError(
+            f"tasks: {names} registered with register_task cannot be sent to worker processes "
+            f"({type(exc).__name__}: {exc}); expected a picklable task object"
+        ) from None
 
 
 def _groups(spec: StudySpec) -> list[Group]:
@@ -252,11 +282,12 @@ def run_study(
 
     start = time.perf_counter()
     check_names(spec)
+    tasks = shipped_tasks(spec)  # before the output directory exists: a bad task costs nothing
     out = Path(out)
     _claim_out_dir(out, spec, command)
     # a new --out: running it cannot collide with (or silently reuse) this study's runs
     command = command or f"steplab compare {out / 'study.toml'} --out {out}-reproduced"
-    plan = _Plan(spec, out, {g: search_configs(spec, g) for g in _groups(spec)})
+    plan = _Plan(spec, out, {g: search_configs(spec, g) for g in _groups(spec)}, tasks=tasks)
     trained = _execute(plan, executor, workers, address, progress)
     records = _records(plan)
     analysis = analyze(spec, records, {g.key: w for g, w in plan.warnings.items()})

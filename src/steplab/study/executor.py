@@ -49,12 +49,15 @@ class RunJob:
         run_dir: its content-addressed directory ``<out>/runs/<run_id>``.
         label: what a person sees in the progress display.
         tag: free data the scheduler gives back with the result.
+        tasks: cloudpickled user tasks (``register_task`` in the parent) the
+            worker registers before training (None: built-in tasks only).
     """
 
     config: dict[str, Any]
     run_dir: str
     label: str
     tag: tuple[str, ...] = field(default=())
+    tasks: bytes | None = None
 
 
 def _worker_init() -> None:
@@ -64,17 +67,32 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def execute_run(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def _register_shipped(tasks: bytes) -> None:
+    """Register the parent's user tasks here (bytes the parent made for this study)."""
+    import cloudpickle
+
+    from steplab.tasks import register_task
+
+    for task in cloudpickle.loads(tasks):
+        register_task(task, replace=True)
+
+
+def execute_run(
+    config: dict[str, Any], run_dir: str, tasks: bytes | None = None
+) -> dict[str, Any]:
     """Train one run in this process and return its summary.
 
     A directory left by an interrupted run (no ``summary.json``) is cleared
     and the run starts over. A diverged run returns its summary like any
     other; an exception becomes ``{"status": "failed", "error": ...}`` so one
-    broken run never stops a study (nothing is cached for it).
+    broken run never stops a study (nothing is cached for it). A user task
+    that cannot be loaded here is different: the summary carries ``"fatal"``
+    and the study stops at once (every run would fail the same way).
 
     Args:
         config: ``TrainConfig.to_dict()``.
         run_dir: output directory of the run.
+        tasks: user tasks from the parent process (:class:`RunJob`'s ``tasks``).
 
     Returns:
         The run's ``summary.json`` content plus ``cpu_seconds`` (CPU time of the run).
@@ -83,6 +101,15 @@ def execute_run(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
 
     from steplab.train import TrainConfig, fit
 
+    if tasks is not None:
+        try:
+            _register_shipped(tasks)
+        except Exception as exc:  # reported to the parent as one line, see the docstring
+            return {"status": "failed", "fatal": True, "error": (
+                f"task: a task registered with register_task could not be loaded in a worker "
+                f"process ({type(exc).__name__}: {exc}); expected it defined in an importable "
+                "module or in the script/notebook that calls run_study"
+            )}
     torch.set_num_threads(1)
     path = Path(run_dir)
     if path.exists() and not (path / "summary.json").exists():
@@ -133,7 +160,7 @@ class LocalExecutor:
 
     def submit(self, job: RunJob) -> Future[dict[str, Any]]:
         """Start ``job`` in a worker process."""
-        return self._pool.submit(execute_run, job.config, job.run_dir)
+        return self._pool.submit(execute_run, job.config, job.run_dir, job.tasks)
 
     def wait_any(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
         """Wait for the first finished runs; a dead worker gives a ``failed`` summary."""
@@ -143,7 +170,11 @@ class LocalExecutor:
             try:
                 out.append((fut, fut.result()))
             except BrokenProcessPool as exc:
-                out.append((fut, {"status": "failed", "error": f"worker died: {exc}"}))
+                out.append((fut, {"status": "failed", "fatal": True, "error": (
+                    f"workers: a worker process died ({exc}); when run_study is called from a "
+                    "script, expected the call under 'if __name__ == \"__main__\":' (workers "
+                    "import the script), and enough memory for every worker"
+                )}))
         return out
 
     def close(self, cancel: bool = False) -> None:
@@ -169,7 +200,7 @@ class RayExecutor:
 
     def submit(self, job: RunJob) -> Any:
         """Start ``job`` as a Ray task."""
-        return self._remote.remote(job.config, job.run_dir)
+        return self._remote.remote(job.config, job.run_dir, job.tasks)
 
     def wait_any(self, handles: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
         """Wait for the first finished Ray tasks."""

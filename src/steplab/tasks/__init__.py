@@ -21,7 +21,13 @@ Example:
 from __future__ import annotations
 
 from steplab.tasks.base import ClassificationTask, Target, Task, TaskData, split_validation
-from steplab.tasks.registry import describe_tasks, get_task, list_tasks, register_task
+from steplab.tasks.registry import (
+    describe_tasks,
+    get_task,
+    list_tasks,
+    register_task,
+    registered_tasks,
+)
 
 __all__ = [
     "ClassificationTask",
@@ -32,5 +38,6 @@ __all__ = [
     "get_task",
     "list_tasks",
     "register_task",
+    "registered_tasks",
     "split_validation",
 ]

@@ -63,6 +63,20 @@ _REGISTRY: dict[str, _Factory] = {
 }
 
 
+#: tasks added by register_task in this process (workers need them shipped: see steplab.study)
+_USER: dict[str, Task] = {}
+
+
+def registered_tasks() -> dict[str, Task]:
+    """The tasks :func:`register_task` added in this process, by name.
+
+    Example:
+        >>> isinstance(registered_tasks(), dict)
+        True
+    """
+    return dict(_USER)
+
+
 def _check_task(task: object, where: str) -> Task:
     missing = [attr for attr in _REQUIRED if not hasattr(task, attr)]
     if missing:
@@ -106,6 +120,7 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
             "expected a new name or replace=True"
         )
     _REGISTRY[task.name] = lambda data_dir: task
+    _USER[task.name] = task
     return task
 
 
