@@ -22,10 +22,23 @@ def test_json_lists_every_optimizer_with_rule_defaults_buffers_bytes_and_space(
         "betas": [0.9, 0.999],
         "eps": 1e-08,
         "weight_decay": 0.0,
+        "state": "fp32",
     }
     assert adam["buffers"] == ["step", "exp_avg", "exp_avg_sq"] and adam["bytes_per_param"] == 8
     assert adam["search_space"]["lr"] == [1e-05, 0.1, "log", 1]
     assert all(row["rule"] and "torch_class" in row for row in rows)
+    for name in ("adam", "adamw"):
+        row = next(r for r in rows if r["name"] == name)
+        assert row["state_bytes"]["fp32"] == 8 and row["state_bytes"]["bf16"] == 4
+        assert row["state_bytes"]["int8"] <= 2.05 and row["state_bytes"]["int4"] <= 1.07
+
+
+def test_table_shows_bytes_per_parameter_for_each_state_form(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["optimizers", "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 2.03" in out and "int4 1.06" in out and "bf16 4" in out
 
 
 def test_table_shows_each_name_rule_and_bytes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,13 @@ def _space(space: dict[str, Any]) -> str:
     )
 
 
+def _bytes(info: dict[str, Any]) -> str:
+    """fp32 bytes per parameter, then each lean ``state=`` form's (large tensors)."""
+    lean = info.get("state_bytes") or {}
+    forms = ", ".join(f"{k} {v:.3g}" for k, v in lean.items() if k != "fp32")
+    return f"{info['bytes_per_param']}" + (f" ({forms})" if forms else "")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the registry: a rich table for people, ``--json`` for scripts."""
     infos = [info.to_dict() for info in OPTIMIZERS.values()]
@@ -53,13 +60,15 @@ def run(args: argparse.Namespace) -> int:
             info["rule"],
             hyper,
             ", ".join(info["buffers"]) or "-",
-            str(info["bytes_per_param"]),
+            _bytes(info),
             _space(info["search_space"]),
         )
     console = Console(width=args.width)
     console.print(table)
     console.print(
         "Every name also takes fused=/foreach=/maximize= (except lookahead). "
+        "bytes: float32 state per parameter; in brackets with state=bf16/int8/int4 "
+        "(tensors of 4,096 elements and more; smaller ones keep float32). "
         "Search ranges: tune lr always, then the others once a study has that many "
         "trials (Deep Learning Tuning Playbook)."
     )
@@ -73,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="list every optimizer: update rule, defaults, state and its size",
         description="List every optimizer steplab builds by name: its update rule, "
         "hyperparameters with defaults, per-parameter state buffers, bytes of state "
-        "per parameter (float32) and the default search space.",
+        "per parameter (float32, and with state=bf16/int8/int4 where a name takes it) and "
+        "the default search space.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(

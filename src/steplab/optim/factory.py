@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import optimizer as torch_optimizer
 
 from steplab.errors import SpecError
+from steplab.optim.lean import create_lean
 from steplab.optim.lookahead import Lookahead
 from steplab.optim.param_groups import NoDecayRule, is_no_decay, named_param_groups
 from steplab.optim.paths import single_pass_choice
@@ -123,15 +124,21 @@ def _check_values(spec: OptimizerSpec) -> None:
                 )
 
 
-def _torch_kwargs(
-    spec: OptimizerSpec, cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]
-) -> dict[str, Any]:
-    info = OPTIMIZERS[spec.name]
-    kwargs: dict[str, Any] = {**info.defaults, **spec.kwargs}
+def _merged_kwargs(spec: OptimizerSpec) -> dict[str, Any]:
+    """The registry defaults with the spec's values, ``beta1``/``beta2`` folded into ``betas``."""
+    kwargs: dict[str, Any] = {**OPTIMIZERS[spec.name].defaults, **spec.kwargs}
     beta1, beta2 = kwargs.pop("beta1", None), kwargs.pop("beta2", None)
     if beta1 is not None or beta2 is not None:
         old = tuple(kwargs["betas"])
         kwargs["betas"] = (old[0] if beta1 is None else beta1, old[1] if beta2 is None else beta2)
+    return kwargs
+
+
+def _torch_kwargs(
+    spec: OptimizerSpec, cls: type[torch.optim.Optimizer], groups: list[dict[str, Any]]
+) -> dict[str, Any]:
+    kwargs = _merged_kwargs(spec)
+    kwargs.pop("state", None)
     if "fused" not in kwargs and "foreach" not in kwargs:
         impl = FASTEST_IMPLEMENTATION[spec.name]
         impl = _TORCH_FALLBACK if impl == "compiled" else impl
@@ -216,10 +223,15 @@ def create_optimizer(
         module_name, _, class_name = info.torch_class.rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
         groups = _groups(params, no_decay)
-        kwargs = _torch_kwargs(parsed, cls, groups)
-        cls = _with_single_pass(parsed, cls, groups)
+        lean = parsed.kwargs.get("state", "fp32") != "fp32"  # moments in bf16/int8/int4
+        if not lean:
+            kwargs = _torch_kwargs(parsed, cls, groups)
+            cls = _with_single_pass(parsed, cls, groups)
         try:
-            opt = cls(groups, **kwargs)
+            if lean:
+                opt = create_lean(parsed.name, groups, _merged_kwargs(parsed))
+            else:
+                opt = cls(groups, **kwargs)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise SpecError(f"optimizer spec '{parsed}': {exc}") from exc
     if isinstance(opt, torch.optim.SGD) and opt.defaults.get("fused"):

@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 import torch
 
 from steplab.errors import SpecError
+from steplab.optim.lean import lean_bytes_per_param
 from steplab.optim.lookahead import Lookahead
 
 __all__ = ["IMPLEMENTATION_FLAGS", "OPTIMIZERS", "OptimizerInfo", "optimizer_info"]
@@ -51,6 +52,8 @@ class OptimizerInfo:
             tune it once a study has at least ``min_trials`` trials.
         doc: a short paragraph for people.
         aliases: extra spec keywords mapped onto a hyperparameter (``beta1`` -> ``betas[0]``).
+        state_bytes: for names taking ``state=``, bytes of state per parameter
+            element of a large tensor by ``state=`` value (``{"int8": 2.03125, ...}``).
     """
 
     name: str
@@ -64,6 +67,7 @@ class OptimizerInfo:
     search_space: dict[str, SearchRange]
     doc: str
     aliases: tuple[str, ...] = field(default=())
+    state_bytes: dict[str, float] = field(default_factory=dict)
 
     def accepts(self) -> tuple[str, ...]:
         """Every keyword a spec may give this optimizer, sorted.
@@ -103,6 +107,14 @@ _ADAM_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
 }
 _ADAM_BUFFERS = ("step", "exp_avg", "exp_avg_sq")
+#: ``state=`` values: moments in float32 (torch's own class), bfloat16, 8 or 4 bits
+_LEAN_DOC = (" state=bf16|int8|int4 keeps the moments in bfloat16 or block-wise 8/4-bit codes"
+             " (steplab.optim.lean).")
+
+
+def _state_bytes(buffers: tuple[str, ...]) -> dict[str, float]:
+    """Bytes per parameter element of a 4M-element tensor for each ``state=`` value."""
+    return {kind: lean_bytes_per_param(buffers, kind) for kind in ("fp32", "bf16", "int8", "int4")}
 
 
 def _sgd(
@@ -110,7 +122,7 @@ def _sgd(
 ) -> OptimizerInfo:
     defaults: dict[str, Any] = {"lr": lr, "weight_decay": 0.0}
     if momentum:
-        defaults.update(momentum=momentum, dampening=0.0, nesterov=nesterov)
+        defaults.update(momentum=momentum, dampening=0.0, nesterov=nesterov, state="fp32")
     return OptimizerInfo(
         name=name,
         torch_class="torch.optim.SGD",
@@ -122,6 +134,7 @@ def _sgd(
         bytes_per_param=4 if momentum else 0,
         search_space=dict(_MOMENTUM_SPACE if momentum else _SGD_SPACE),
         doc=doc,
+        state_bytes=_state_bytes(("momentum_buffer",)) if momentum else {},
     )
 
 
@@ -206,40 +219,44 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         name="adam",
         torch_class="torch.optim.Adam",
         rule="m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η m̂ / (√v̂ + ε)",
-        defaults=dict(_ADAM_DEFAULTS),
+        defaults={**_ADAM_DEFAULTS, "state": "fp32"},
         buffers=_ADAM_BUFFERS,
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq",),
         bytes_per_param=8,
         search_space=dict(_ADAM_SPACE),
-        doc="Adam (Kingma & Ba 2015) with bias correction; weight_decay is L2 added to g.",
+        doc="Adam (Kingma & Ba 2015) with bias correction; weight_decay is L2 added to g."
+        + _LEAN_DOC,
         aliases=("beta1", "beta2"),
+        state_bytes=_state_bytes(("exp_avg", "exp_avg_sq")),
     ),
     "adamw": OptimizerInfo(
         name="adamw",
         torch_class="torch.optim.AdamW",
         rule="θ ← θ − ηλθ;  then the Adam step θ ← θ − η m̂ / (√v̂ + ε)",
-        defaults={**_ADAM_DEFAULTS, "weight_decay": 0.01},
+        defaults={**_ADAM_DEFAULTS, "weight_decay": 0.01, "state": "fp32"},
         buffers=_ADAM_BUFFERS,
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq",),
         bytes_per_param=8,
         search_space={**_ADAM_SPACE, "weight_decay": (1e-5, 1.0, "log", 10)},
-        doc="AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay.",
+        doc="AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay." + _LEAN_DOC,
         aliases=("beta1", "beta2"),
+        state_bytes=_state_bytes(("exp_avg", "exp_avg_sq")),
     ),
     "amsgrad": OptimizerInfo(
         name="amsgrad",
         torch_class="torch.optim.Adam",
         rule="as adam, with v̂ from v_max ← max(v_max, v) (Reddi, Kale, Kumar 2018)",
-        defaults={**_ADAM_DEFAULTS, "amsgrad": True},
+        defaults={**_ADAM_DEFAULTS, "amsgrad": True, "state": "fp32"},
         buffers=(*_ADAM_BUFFERS, "max_exp_avg_sq"),
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq", "max_exp_avg_sq"),
         bytes_per_param=12,
         search_space=dict(_ADAM_SPACE),
-        doc="AMSGrad: torch.optim.Adam(amsgrad=True); keeps the running max of v.",
+        doc="AMSGrad: torch.optim.Adam(amsgrad=True); keeps the running max of v." + _LEAN_DOC,
         aliases=("beta1", "beta2"),
+        state_bytes=_state_bytes(("exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
     ),
     "nadam": OptimizerInfo(
         name="nadam",

@@ -48,6 +48,9 @@ def _format_value(value: SpecValue) -> str:
 
 
 def _hint(word: str, choices: list[str]) -> str:
+    prefixed = [c for c in choices if len(c) > 1 and word.lower().startswith(c)]
+    if prefixed:  # 'lrate' means 'lr' more likely than the closer-spelled 'state'
+        return f" (did you mean '{max(prefixed, key=len)}'?)"
     close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

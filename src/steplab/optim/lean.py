@@ -1,0 +1,420 @@
+"""Adam, AdamW, AMSGrad and SGD momentum with their state in bf16, 8 or 4 bits.
+
+The update rule is torch's own fused CPU/GPU kernel (``torch._fused_adam_``,
+``_fused_adamw_``, ``_fused_sgd_``), run over the parameter in chunks: each
+chunk's moments are decoded to float32 scratch, updated by the kernel exactly
+as ``torch.optim.AdamW(fused=True)`` would, and encoded back (rounded to
+bf16, or block-wise quantised, see :mod:`steplab.optim.quantize`). Chunks are
+sized so the scratch of a step stays within :data:`PEAK_FRACTION` of the state.
+
+bf16 and fp16 *parameters* are updated with Kahan-compensated summation
+(Zamirai et al. 2020, arXiv:2010.06192): the state keeps ``kahan_comp``, the
+rounding error of the last write in the parameter's dtype, the kernel updates
+``θ + c`` in float32 and the result is split again into ``θ = round(θ')`` and
+``c = round(θ' − θ)``. Stochastic rounding would save those 2 bytes per
+parameter but draws a random number per element per step (slow on CPU) and
+makes a bit-exact resume depend on a generator state; compensation is
+deterministic and keeps updates far below one bf16 ulp (see
+docs/benchmarks.md, "lean state").
+
+>>> model = torch.nn.Linear(64, 128)
+>>> opt = LeanAdam(model.parameters(), lr=1e-3, weight_decay=0.01, decoupled=True, state="int8")
+>>> model(torch.ones(2, 64)).sum().backward(); opt.step()
+>>> sorted(opt.state[model.weight])
+['exp_avg_absmax', 'exp_avg_codes', 'exp_avg_sq_absmax', 'exp_avg_sq_codes', 'step']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steplab.errors import SpecError
+from steplab.optim.lean_buffers import STATE_KINDS, LeanBuffer, read_buffer
+from steplab.optim.quantize import Scratch
+
+__all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param"]
+
+#: scratch of a step is at most this fraction of the optimizer's state bytes
+PEAK_FRACTION = 0.05
+_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 4096, 1 << 20, 256
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def lean_bytes_per_param(buffers: Iterable[str], state: str, numel: int = 1 << 22) -> float:
+    """State bytes per parameter element of a tensor of ``numel`` elements.
+
+    >>> round(lean_bytes_per_param(("exp_avg", "exp_avg_sq"), "int8"), 4)
+    2.0312
+    >>> round(lean_bytes_per_param(("exp_avg", "exp_avg_sq"), "int4"), 4)
+    1.0625
+    """
+    return sum(LeanBuffer(b, state, numel).bytes() for b in buffers) / numel
+
+
+def _check_state(state: object) -> str:
+    if state not in STATE_KINDS:
+        raise SpecError(f"state: got {state!r}, expected one of {', '.join(STATE_KINDS)}")
+    return str(state)
+
+
+@dataclass
+class _Workspace:
+    """Float32 scratch for one chunk: one buffer per moment, parameter and gradient copies."""
+
+    moments: list[Tensor]
+    param: Tensor
+    grad: Tensor
+    scratch: Scratch
+
+    @classmethod
+    def allocate(cls, chunk: int, n_moments: int, low_precision: bool,
+                 device: torch.device) -> _Workspace:
+        extra = chunk if low_precision else 0
+        return cls([torch.empty(chunk, device=device) for _ in range(n_moments)],
+                   torch.empty(extra, device=device), torch.empty(extra, device=device),
+                   Scratch.allocate(chunk, device))
+
+
+class _LeanOptimizer(torch.optim.Optimizer):
+    """Shared machinery: buffers per parameter, chunking, state loading, compensation."""
+
+    buffer_names: tuple[str, ...] = ()
+
+    def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
+        return [LeanBuffer(name, group["state"], p.numel()) for name in self.buffer_names]
+
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        state: dict[str, Any] = self.state[p]
+        for buf in self._buffers(group, p):
+            state.update(buf.zeros(p.device, p.shape))
+        if p.dtype in _LOW_PRECISION:
+            state["kahan_comp"] = torch.zeros_like(p)
+        return state
+
+    def _complete(self, group: dict[str, Any], p: Tensor) -> bool:
+        """Whether ``p``'s state holds every buffer (transfer may drop momentum buffers)."""
+        state = self.state[p]
+        keys = [k for b in self._buffers(group, p) for k in b.state_keys()]
+        return bool(state) and all(k in state for k in keys)
+
+    def state_bytes(self) -> int:
+        """Bytes of every tensor in the per-parameter state."""
+        return sum(t.numel() * t.element_size() for s in self.state.values()
+                   for t in s.values() if isinstance(t, Tensor))
+
+    def _per_element(self) -> int:
+        """Scratch bytes per chunk element: float32 moments, two int32 work buffers,
+        and float32 copies of a low-precision parameter and its gradient."""
+        per_element = 4 * len(self.buffer_names) + 8
+        if any(p.dtype in _LOW_PRECISION for g in self.param_groups for p in g["params"]):
+            per_element += 8
+        return per_element
+
+    def workspace_bytes(self) -> int:
+        """Bytes of the scratch one :meth:`step` allocates (its peak extra memory)."""
+        largest = max((p.numel() for g in self.param_groups for p in g["params"]), default=0)
+        chunk = min(self._chunk(), -(-largest // _ALIGN) * _ALIGN)
+        return chunk * self._per_element()
+
+    def _chunk(self) -> int:
+        """Elements per chunk so that the scratch stays within ``PEAK_FRACTION`` of the state."""
+        budget = int(PEAK_FRACTION * self.state_bytes() / self._per_element()) // _ALIGN * _ALIGN
+        return min(max(budget, _MIN_CHUNK), _MAX_CHUNK)
+
+    def _run_chunks(self, group: dict[str, Any], p: Tensor, work: _Workspace, chunk: int,
+                    kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
+        """Decode, update with ``kernel(param, grad, moments)`` and encode ``p`` chunk by chunk."""
+        state, buffers = self.state[p], self._buffers(group, p)
+        assert p.grad is not None
+        flat_p, flat_g = p.detach().view(-1), p.grad.detach().reshape(-1)
+        comp = state.get("kahan_comp")
+        for start in range(0, p.numel(), chunk):
+            stop = min(start + chunk, p.numel())
+            moments = [b.load(state, start, stop, out, work.scratch)
+                       for b, out in zip(buffers, work.moments, strict=True)]
+            grad = flat_g[start:stop]
+            if comp is None:
+                param = flat_p[start:stop]
+            else:  # θ + c in float32, the compensated value of the parameter
+                param = work.param[: stop - start].copy_(flat_p[start:stop])
+                param.add_(comp.view(-1)[start:stop])
+                grad = work.grad[: stop - start].copy_(grad)
+            kernel(param, grad, moments)
+            if comp is not None:
+                low = flat_p[start:stop]
+                low.copy_(param)
+                comp.view(-1)[start:stop].copy_(param.sub_(low))
+            for b, values in zip(buffers, moments, strict=True):
+                b.store(state, start, stop, values, work.scratch)
+
+    def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], _Workspace | None, int]:
+        todo = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise SpecError(f"{type(self).__name__}: sparse gradients are not supported")
+                if not p.is_contiguous():
+                    raise SpecError(f"{type(self).__name__}: parameters must be contiguous")
+                if not self._complete(group, p):
+                    self._init_state(group, p)
+                todo.append((group, p))
+        if not todo:
+            return todo, None, 0
+        chunk = min(self._chunk(), -(-max(p.numel() for _, p in todo) // _ALIGN) * _ALIGN)
+        low = any(p.dtype in _LOW_PRECISION for _, p in todo)
+        return todo, _Workspace.allocate(chunk, len(self.buffer_names), low, todo[0][1].device), \
+            chunk
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state, keeping each buffer's dtype exactly (torch would cast bf16 to the
+        parameter's dtype) and converting buffers saved in another form to this one's
+        (fp32 AdamW state into ``state=int8``, ...). Each group keeps its own ``state=``.
+
+        Raises:
+            ValueError: as ``torch.optim.Optimizer.load_state_dict``.
+        """
+        saved = state_dict.get("state", {})
+        steps_only = {i: {k: v for k, v in b.items() if k == "step"} for i, b in saved.items()}
+        kinds = [g["state"] for g in self.param_groups]
+        super().load_state_dict({**state_dict, "state": steps_only})
+        for group, kind in zip(self.param_groups, kinds, strict=True):
+            for key, value in self.defaults.items():  # a torch AdamW state dict lacks ours
+                group.setdefault(key, value)
+            group["state"] = kind  # the form is the optimizer's own construction setting
+        ids = [(g, p) for g in self.param_groups for p in g["params"]]
+        for i, bufs in saved.items():
+            group, p = ids[int(i)]
+            state = self.state[p]
+            for buf in self._buffers(group, p):
+                if all(isinstance(bufs.get(k), Tensor) for k in buf.state_keys()) and all(
+                        bufs[k].dtype == v.dtype for k, v in buf.zeros("meta").items()):
+                    state.update({k: bufs[k].to(p.device, copy=True) for k in buf.state_keys()})
+                else:
+                    self._convert_into(state, buf, bufs, p)
+            if p.dtype in _LOW_PRECISION:
+                comp = bufs.get("kahan_comp")
+                state["kahan_comp"] = (comp.to(p.device, p.dtype, copy=True)
+                                       if isinstance(comp, Tensor) else torch.zeros_like(p))
+
+    @staticmethod
+    def _convert_into(state: dict[str, Any], buf: LeanBuffer, bufs: dict[str, Any],
+                      p: Tensor) -> None:
+        """Re-encode a buffer saved in another form (fp32 AdamW state into int8, ...)."""
+        values = read_buffer(bufs, buf.name, p.numel())
+        state.update(buf.zeros(p.device, p.shape))
+        if values is None:
+            return
+        chunk = -(-p.numel() // _ALIGN) * _ALIGN
+        work = torch.zeros(chunk, device=p.device)
+        loaded = buf.load(state, 0, p.numel(), work, Scratch.allocate(chunk, p.device))
+        loaded.copy_(values.to(p.device))
+        if buf.form == "fp32":
+            return
+        buf.store(state, 0, p.numel(), loaded, Scratch.allocate(chunk, p.device))
+
+
+class LeanAdam(_LeanOptimizer):
+    r"""Adam / AdamW / AMSGrad with moments kept in fp32, bf16, int8 or int4.
+
+    The rule is torch's (``decoupled=False``: Adam, L2 added to g; ``True``: AdamW)::
+
+        m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  [v_max ← max(v_max, v)]
+        θ ← θ − η m/(1−β₁ᵗ) / (√(v[_max]/(1−β₂ᵗ)) + ε)
+
+    with ``m``, ``v`` (and ``v_max``) decoded before and encoded after each step.
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: learning rate η (default 1e-3).
+        betas: (β₁, β₂) (default (0.9, 0.999)).
+        eps: ε (default 1e-8).
+        weight_decay: λ (default 0).
+        amsgrad: keep ``max_exp_avg_sq`` (default False).
+        decoupled: AdamW's decoupled decay θ ← θ(1 − ηλ) (default False).
+        state: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int4"`` (default ``"int8"``).
+        maximize: ascend instead of descend (default False).
+
+    Raises:
+        SpecError: a bad ``state`` or hyperparameter.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.ones(8192))
+        >>> opt = LeanAdam([w], lr=0.1, state="int4")
+        >>> w.grad = torch.ones(8192); opt.step()
+        >>> round(w[0].item(), 4), opt.state_bytes()
+        (0.9, 8708)
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, decoupled: bool = False,
+                 state: str = "int8", maximize: bool = False) -> None:
+        if not (lr > 0 and eps >= 0 and weight_decay >= 0 and all(0 <= b < 1 for b in betas)):
+            raise SpecError(f"LeanAdam: got lr={lr}, betas={betas}, eps={eps}, weight_decay="
+                            f"{weight_decay}; expected lr > 0, betas in [0, 1), eps, decay >= 0")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad, "decoupled": decoupled, "state": _check_state(state),
+                    "maximize": maximize}
+        super().__init__(params, defaults)
+
+    def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
+        return [LeanBuffer(name, group["state"], p.numel()) for name in names]
+
+    @property
+    def buffer_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Moment buffers (with ``max_exp_avg_sq`` when any group uses AMSGrad)."""
+        ams = any(g["amsgrad"] for g in self.param_groups)
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if ams else ())
+
+    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        step = self.state[p].get("step")
+        state = super()._init_state(group, p)
+        state["step"] = step if isinstance(step, Tensor) else torch.tensor(
+            0.0, dtype=torch.float32, device=p.device)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Adam step for every parameter with a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        todo, work, chunk = self._prepare()
+        for group, p in todo:
+            assert work is not None
+            step = self.state[p]["step"]
+            step.add_(1)
+
+            def kernel(param: Tensor, grad: Tensor, moments: list[Tensor],
+                       group: dict[str, Any] = group, step: Tensor = step) -> None:
+                fused = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
+                fused([param], [grad], [moments[0]], [moments[1]], moments[2:], [step],
+                      amsgrad=group["amsgrad"], lr=float(group["lr"]), beta1=group["betas"][0],
+                      beta2=group["betas"][1], weight_decay=group["weight_decay"],
+                      eps=group["eps"], maximize=group["maximize"], grad_scale=None,
+                      found_inf=None)
+
+            self._run_chunks(group, p, work, chunk, kernel)
+        return loss
+
+
+class LeanSGD(_LeanOptimizer):
+    r"""SGD with momentum (heavy ball or Nesterov) and its buffer in fp32, bf16, int8 or int4.
+
+    The rule is torch's: ``b ← μb + (1−τ)g`` (``b = g`` at the first step);
+    ``θ ← θ − η(g + μb)`` with Nesterov, else ``θ ← θ − ηb``; L2 decay adds λθ to g.
+
+    Args:
+        params: tensors or param-group dicts.
+        lr: learning rate η (default 0.01).
+        momentum: μ, > 0 (default 0.9).
+        dampening: τ (default 0).
+        weight_decay: λ (default 0).
+        nesterov: Nesterov's form (default False).
+        state: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int4"`` (default ``"int8"``).
+        maximize: ascend instead of descend (default False).
+
+    Raises:
+        SpecError: a bad ``state`` or hyperparameter.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.ones(8192))
+        >>> opt = LeanSGD([w], lr=0.1, momentum=0.9, state="int8")
+        >>> w.grad = torch.ones(8192); opt.step(); opt.step()
+        >>> round(w[0].item(), 4)
+        0.71
+    """
+
+    buffer_names = ("momentum_buffer",)
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
+                 state: str = "int8", maximize: bool = False) -> None:
+        if not (lr > 0 and 0 < momentum <= 1 and 0 <= dampening <= 1 and weight_decay >= 0):
+            raise SpecError(f"LeanSGD: got lr={lr}, momentum={momentum}, dampening={dampening},"
+                            f" weight_decay={weight_decay}; expected lr > 0, momentum in (0, 1],"
+                            " dampening in [0, 1], weight_decay >= 0")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov,
+                    "state": _check_state(state), "maximize": maximize}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One momentum step for every parameter with a gradient.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        fresh = {p for g in self.param_groups for p in g["params"] if not self._complete(g, p)}
+        todo, work, chunk = self._prepare()
+        for group, p in todo:
+            assert work is not None
+
+            def kernel(param: Tensor, grad: Tensor, moments: list[Tensor],
+                       group: dict[str, Any] = group, first: bool = p in fresh) -> None:
+                torch._fused_sgd_([param], [grad], moments, weight_decay=group["weight_decay"],
+                                  momentum=group["momentum"], lr=float(group["lr"]),
+                                  dampening=group["dampening"], nesterov=group["nesterov"],
+                                  maximize=group["maximize"], is_first_step=first,
+                                  grad_scale=None, found_inf=None)
+
+            self._run_chunks(group, p, work, chunk, kernel)
+        return loss
+
+
+def create_lean(name: str, groups: list[dict[str, Any]],
+                kwargs: dict[str, Any]) -> LeanAdam | LeanSGD:
+    """Build the lean optimizer for a registry name and its merged hyperparameters.
+
+    Args:
+        name: ``adam``, ``adamw``, ``amsgrad``, ``momentum`` or ``nesterov``.
+        groups: torch param-group dicts.
+        kwargs: registry defaults merged with the spec's values (``state`` included).
+
+    Returns:
+        A :class:`LeanAdam` or :class:`LeanSGD`.
+
+    Raises:
+        SpecError: ``fused=``/``foreach=`` given (lean state always runs chunked
+            through torch's fused kernel), a bad ``state`` or a bad value.
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> opt = create_lean("adamw", [{"params": [w]}],
+        ...                   {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
+        ...                    "weight_decay": 0.01, "state": "bf16"})
+        >>> type(opt).__name__, opt.defaults["decoupled"]
+        ('LeanAdam', True)
+    """
+    options = dict(kwargs)
+    for flag in ("fused", "foreach"):
+        if options.pop(flag, None) is not None:
+            raise SpecError(f"{flag}: not used with state={options['state']} (lean state "
+                            "always runs torch's fused kernel chunk by chunk); drop it")
+    if name in ("adam", "adamw", "amsgrad"):
+        return LeanAdam(groups, decoupled=name == "adamw", **options)
+    return LeanSGD(groups, **options)

@@ -1,0 +1,188 @@
+"""How a lean optimizer stores one state buffer, and how a chunk of it is read and written.
+
+A buffer (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``)
+is kept in one of three forms in the optimizer's per-parameter state:
+
+- ``fp32``: ``state[name]``, a float32 tensor shaped like the parameter (the
+  ``state=fp32`` default, and every tensor under
+  :data:`~steplab.optim.quantize.MIN_QUANTIZED_NUMEL` elements);
+- ``bf16``: ``state[name]``, a bfloat16 tensor shaped like the parameter;
+- ``int8`` / ``int4``: ``state[name + "_codes"]`` (uint8, flat, two codes a byte
+  for 4-bit) and ``state[name + "_absmax"]`` (float32, one per block).
+
+Every form holds plain tensors under string keys, so named state dicts,
+transfer and safetensors checkpoints carry them unchanged (uint8 + float32 +
+bfloat16), and a resume is bit-exact.
+
+>>> buf = LeanBuffer("exp_avg", "int8", 5000)
+>>> state = buf.zeros("cpu")
+>>> sorted(state), state["exp_avg_codes"].dtype, state["exp_avg_absmax"].numel()
+(['exp_avg_absmax', 'exp_avg_codes'], torch.uint8, 20)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache, cached_property
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from steplab.optim.quantize import (
+    MIN_QUANTIZED_NUMEL,
+    QuantMap,
+    Scratch,
+    absmax_of,
+    decode_blocks,
+    encode_blocks,
+)
+
+__all__ = ["STATE_KINDS", "LeanBuffer", "StateKind", "qmap_for", "read_buffer"]
+
+StateKind = Literal["fp32", "bf16", "int8", "int4"]
+#: every value ``state=`` accepts
+STATE_KINDS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+#: buffers holding squared gradients (unsigned maps); the rest are signed
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq"})
+CODES, ABSMAX = "_codes", "_absmax"
+
+
+@cache
+def qmap_for(name: str, bits: int) -> QuantMap:
+    """The map a buffer is quantised with: dynamic signed for first moments and momentum,
+    dynamic unsigned (8-bit) or linear without zero (4-bit) for second moments.
+
+    >>> qmap_for("exp_avg_sq", 4).signed, qmap_for("exp_avg", 4).signed
+    (False, True)
+    """
+    if name not in SECOND_MOMENTS:
+        return QuantMap.dynamic(signed=True, bits=bits)
+    return QuantMap.dynamic(signed=False, bits=8) if bits == 8 else QuantMap.linear_positive(4)
+
+
+@dataclass(frozen=True)
+class LeanBuffer:
+    """One buffer of one parameter: its name, the form it is kept in and its size.
+
+    Attributes:
+        name: torch's buffer name (``"exp_avg"``...).
+        kind: the requested ``state=``; tensors under ``MIN_QUANTIZED_NUMEL``
+            elements fall back to ``fp32`` for ``int8``/``int4``.
+        numel: elements of the parameter.
+    """
+
+    name: str
+    kind: str
+    numel: int
+
+    @cached_property
+    def form(self) -> str:
+        """The form actually used: ``fp32``, ``bf16``, ``int8`` or ``int4``."""
+        if self.kind in ("int8", "int4") and self.numel < MIN_QUANTIZED_NUMEL:
+            return "fp32"
+        return self.kind
+
+    @cached_property
+    def qmap(self) -> QuantMap:
+        """The quantisation map (only for ``int8``/``int4`` forms)."""
+        return qmap_for(self.name, 8 if self.form == "int8" else 4)
+
+    @property
+    def block(self) -> int:
+        """Chunk boundaries must be multiples of this."""
+        return self.qmap.block if self.form in ("int8", "int4") else 1
+
+    def state_keys(self) -> tuple[str, ...]:
+        """The state keys this buffer occupies."""
+        if self.form in ("int8", "int4"):
+            return (self.name + CODES, self.name + ABSMAX)
+        return (self.name,)
+
+    def zeros(self, device: torch.device | str,
+              shape: torch.Size | None = None) -> dict[str, Tensor]:
+        """The buffer's state entries for an all-zero buffer."""
+        if self.form in ("int8", "int4"):
+            q = self.qmap
+            return {self.name + CODES: torch.zeros(q.packed_numel(self.numel), dtype=torch.uint8,
+                                                   device=device),
+                    self.name + ABSMAX: torch.zeros(q.blocks(self.numel), dtype=torch.float32,
+                                                    device=device)}
+        dtype = torch.bfloat16 if self.form == "bf16" else torch.float32
+        return {self.name: torch.zeros(shape or (self.numel,), dtype=dtype, device=device)}
+
+    def bytes(self) -> int:
+        """Bytes the buffer's state entries hold."""
+        if self.form == "fp32":
+            return 4 * self.numel
+        if self.form == "bf16":
+            return 2 * self.numel
+        q = self.qmap
+        return q.packed_numel(self.numel) + 4 * q.blocks(self.numel)
+
+    def load(self, state: dict[str, Any], start: int, stop: int, out: Tensor,
+             scratch: Scratch) -> Tensor:
+        """Elements ``start:stop`` as float32: a view of fp32 state, else decoded into ``out``.
+
+        ``out`` has room for ``stop - start`` rounded up to whole blocks; the
+        padding is zero after decoding.
+        """
+        if self.form == "fp32":
+            flat: Tensor = state[self.name].view(-1)
+            return flat[start:stop]
+        if self.form == "bf16":
+            return out[: stop - start].copy_(state[self.name].view(-1)[start:stop])
+        q, length = self.qmap, stop - start
+        padded = out[: -(-length // q.block) * q.block]
+        codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
+        absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
+        decode_blocks(codes, absmax, q, padded, scratch)
+        if padded.numel() == length:
+            return padded
+        padded[length:].zero_()
+        return padded[:length]
+
+    def store(self, state: dict[str, Any], start: int, stop: int, values: Tensor,
+              scratch: Scratch) -> None:
+        """Write float32 ``values`` (from :meth:`load`, updated) back to elements ``start:stop``.
+
+        For quantised forms ``values``' storage (padded to whole blocks, padding
+        zero) is overwritten while encoding.
+        """
+        if self.form == "fp32":
+            return
+        if self.form == "bf16":
+            state[self.name].view(-1)[start:stop].copy_(values)
+            return
+        q, length = self.qmap, stop - start
+        padded = values.as_strided((-(-length // q.block) * q.block,), (1,))
+        if padded.numel() != length:
+            padded[length:].zero_()
+        absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
+        absmax_of(padded, q.block, out=absmax, scratch=scratch)
+        codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
+        encode_blocks(padded, absmax, q, codes, scratch)
+
+
+def read_buffer(state: dict[str, Any], name: str, numel: int) -> Tensor | None:
+    """Buffer ``name`` as a flat float32 tensor, whatever form it is kept in (None if absent).
+
+    The form is read off the entries: ``name`` (fp32 or bf16), or
+    ``name_codes`` and ``name_absmax`` (8-bit when there is one code byte per
+    element, else 4-bit). Used to report and convert state.
+
+    >>> buf = LeanBuffer("exp_avg", "int4", 4096)
+    >>> state = buf.zeros("cpu")
+    >>> read_buffer(state, "exp_avg", 4096).abs().sum().item()
+    0.0
+    """
+    dense = state.get(name)
+    if isinstance(dense, Tensor):
+        return dense.detach().reshape(-1).float()
+    codes, absmax = state.get(name + CODES), state.get(name + ABSMAX)
+    if not isinstance(codes, Tensor) or not isinstance(absmax, Tensor):
+        return None
+    bits = 8 if codes.numel() == numel else 4
+    q = qmap_for(name, bits)
+    out = torch.empty(absmax.numel() * q.block, dtype=torch.float32, device=codes.device)
+    return decode_blocks(codes, absmax.float(), q, out)[:numel]
