@@ -18,13 +18,17 @@ from steplab.study.spec import (
 )
 
 
-def test_default_study_has_the_issue_optimizers_and_three_seeds() -> None:
+def test_default_study_has_power_and_judges_the_lookahead_claim() -> None:
     spec = default_study_spec()
     assert spec.tasks == ("mnist1d-cnn",)
     assert spec.optimizers == DEFAULT_OPTIMIZERS
-    assert {"lookahead(sgd)", "lookahead(adam)", "nesterov", "adamw"} <= set(spec.optimizers)
-    assert spec.seeds == 3
+    assert {"lookahead(momentum)", "lookahead(adam)", "adam", "sgd"} <= set(spec.optimizers)
+    assert spec.seeds >= 8
     assert set(spec.trajectories) == {"rosenbrock", "rastrigin", "beale"}
+    claims = {(c.optimizer, c.baseline, c.quantity, c.at_least, c.at_most) for c in spec.claims}
+    assert ("lookahead(adam)", "adam", "steps_to_target", 0.3, 0.5) in claims
+    assert all("Lookahead converges 30-50% faster" in c.text for c in spec.claims)
+    assert spec.selection == "auto"  # resolves to steps_to_target: what the claim is about
 
 
 def test_quick_preset_is_smaller_than_the_default() -> None:
