@@ -55,3 +55,21 @@ def test_help_states_defaults(capsys: pytest.CaptureFixture[str]) -> None:
         main(["optimizers", "--help"])
     assert info.value.code == 0
     assert "default: table" in capsys.readouterr().out
+
+
+def test_shows_the_path_each_rule_takes_here_and_why(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPLAB_COMPILE", "never")
+    assert main(["optimizers", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["adamw"]["cpu_path"]["large"] == "fused"
+    assert rows["rmsprop"]["cpu_path"] == {
+        "small": "for-loop",
+        "large": "for-loop",
+        "why": "STEPLAB_COMPILE=never",
+    }
+    monkeypatch.setenv("STEPLAB_COMPILE", "auto")
+    assert main(["optimizers", "--width", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "implementation on this machine" in out and "│ nadam " in out

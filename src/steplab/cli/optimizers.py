@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from steplab.optim import OPTIMIZERS
+from steplab.optim.paths import implementation_paths
 
 
 def _format(value: Any) -> str:
@@ -40,6 +41,9 @@ def _bytes(info: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print the registry: a rich table for people, ``--json`` for scripts."""
     infos = [info.to_dict() for info in OPTIMIZERS.values()]
+    paths = implementation_paths()
+    for info in infos:
+        info["cpu_path"] = paths.get(info["name"])  # None for lookahead: its inner rule's
     if args.json:
         print(json.dumps(infos, indent=2, ensure_ascii=False))
         return 0
@@ -72,7 +76,18 @@ def run(args: argparse.Namespace) -> int:
         "Search ranges: tune lr always, then the others once a study has that many "
         "trials (Deep Learning Tuning Playbook)."
     )
+    console.print(_path_table(paths))
     return 0
+
+
+def _path_table(paths: dict[str, dict[str, str]]) -> Table:
+    """Which implementation each rule takes on this machine's CPU, and why."""
+    table = Table(title="implementation on this machine (CPU, float32)")
+    for column in ("name", "100k params", "10M params", "why"):
+        table.add_column(column, overflow="fold")
+    for name, row in paths.items():
+        table.add_row(name, row["small"], row["large"], row["why"])
+    return table
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -77,6 +77,7 @@ def compiler_problem(device_type: str) -> str | None:
         >>> compiler_problem("meta")
         'inductor does not generate code for meta tensors'
     """
+    _point_inductor_at_cache()  # before inductor is imported: it fixes its directory then
     if device_type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
@@ -193,9 +194,16 @@ class CompiledKernel:
             self._compiled = torch.compile(
                 self.eager, backend=BACKEND, dynamic=True, fullgraph=True
             )
+        from torch._inductor import config as inductor_config
+
+        # one small kernel: compile it in this process instead of starting a worker pool;
         # size-oblivious: treat every length alike instead of specialising 0 and 1,
         # so the graph traced here (guards included) serves all lengths later
-        with fx_config.patch(backed_size_oblivious=True), torch.no_grad():  # type: ignore[attr-defined]
+        with (
+            inductor_config.patch(compile_threads=1),
+            fx_config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
+            torch.no_grad(),
+        ):
             self._compiled(*example)
 
     def __call__(self, *args: Any) -> None:

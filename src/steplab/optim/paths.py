@@ -82,3 +82,42 @@ def single_pass_choice(name: str, elements: int, device_type: str = "cpu") -> tu
         limit = f"{MIN_COMPILED_ELEMENTS / 1e6:g}M"
         return False, f"below {limit} parameter elements the compile does not pay"
     return True, f">= {MIN_COMPILED_ELEMENTS / 1e6:g}M parameter elements"
+
+
+#: the two model sizes `steplab optimizers` reports a path for
+SMALL_MODEL, LARGE_MODEL = 100_000, 10_000_000
+
+
+def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
+    """Per rule, the implementation ``create_optimizer`` takes here for a small and a large model.
+
+    Args:
+        device_type: where the parameters would live.
+
+    Returns:
+        ``{name: {"small": path, "large": path, "why": reason}}`` for every rule
+        but lookahead (which runs its inner rule); paths are ``"fused"``,
+        ``"foreach"``, ``"for-loop"`` or ``"compiled"``; small is 100k float32
+        elements, large 10M.
+
+    Example:
+        >>> implementation_paths()["adamw"]
+        {'small': 'fused', 'large': 'fused', 'why': 'torch has a fused kernel'}
+    """
+    from steplab.optim.factory import FASTEST_IMPLEMENTATION
+
+    paths: dict[str, dict[str, str]] = {}
+    for name, impl in FASTEST_IMPLEMENTATION.items():
+        torch_path = "for-loop" if impl == "compiled" else impl
+        if device_type != "cpu" and torch_path == "for-loop":
+            torch_path = "foreach"
+        small, _ = single_pass_choice(name, SMALL_MODEL, device_type)
+        large, why = single_pass_choice(name, LARGE_MODEL, device_type)
+        if small != large:
+            why = f"compiled from {MIN_COMPILED_ELEMENTS / 1e6:g}M elements, where it pays"
+        paths[name] = {
+            "small": "compiled" if small else torch_path,
+            "large": "compiled" if large else torch_path,
+            "why": why,
+        }
+    return paths

@@ -1,0 +1,150 @@
+"""What the single-pass compiled steps cost to start, and what they do to ``steplab compare``.
+
+1. First step of SinglePassRMSprop / SinglePassNAdam in a fresh process: with an
+   empty cache directory (cold: inductor generates and compiles C++), then again
+   in a second process on the same directory (warm: the kernel is loaded), next
+   to torch's own first step in the same kind of process.
+2. A small ``steplab compare`` study of RMSprop and NAdam (default task) run with
+   ``STEPLAB_COMPILE=never`` (torch's path: the behaviour before the compiled
+   steps existed), ``auto`` (the default) and ``always`` (compile even for small
+   models, on a cold cache): wall time of each, interleaved over repeats.
+
+Run::
+
+    nice -n 5 .venv/bin/python benchmarks/compile_cost.py             # ~5-10 min on 2 cores
+    nice -n 5 .venv/bin/python benchmarks/compile_cost.py --part start
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+_CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+import torch
+from torch._dynamo.utils import counters
+from steplab.optim import create_optimizer
+torch.set_num_threads(1)
+p = torch.nn.Parameter(torch.randn(1000, 1000))
+p.grad = torch.randn(1000, 1000)
+opt = create_optimizer(sys.argv[1], [p])
+cpu0, t0 = time.process_time(), time.perf_counter()
+opt.step()
+first, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+children = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"class": type(opt).__name__, "first": first,
+                  "cpu": cpu + children.ru_utime + children.ru_stime,
+                  "cache_hits": counters["inductor"]["fxgraph_cache_hit"]}))
+"""
+
+
+def _child(spec: str, env: dict[str, str]) -> dict[str, float | str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, spec], env=env, capture_output=True, text=True, check=True
+    )
+    result: dict[str, float | str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_start(args: argparse.Namespace, console: Console) -> list[dict[str, object]]:
+    """First step in a new process: torch's path, cold compile, warm second process.
+
+    CPU seconds (this process and the compiler processes it waited for) are the
+    figure to read on a shared machine; wall seconds are shown beside them.
+    """
+    table = Table(title="first optimizer step in a new process (1M params): CPU s / wall s")
+    for col in ("rule", "torch's path", "compiled, cold cache", "compiled, 2nd process"):
+        table.add_column(col, justify="right")
+    rows: list[dict[str, object]] = []
+    base = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    for name in ("rmsprop", "nadam"):
+        runs: dict[str, list[dict[str, float | str]]] = {"torch": [], "cold": [], "warm": []}
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory(prefix="steplab-cache-") as cache:
+                env = {**base, "STEPLAB_CACHE_DIR": cache, "STEPLAB_COMPILE": "always"}
+                runs["cold"].append(_child(name, env))
+                runs["warm"].append(_child(name, env))
+                runs["torch"].append(_child(name, {**env, "STEPLAB_COMPILE": "never"}))
+        row: dict[str, object] = {"rule": name}
+        cells = []
+        for kind, results in runs.items():
+            cpu = statistics.median(float(r["cpu"]) for r in results)
+            wall = statistics.median(float(r["first"]) for r in results)
+            row[f"{kind}_cpu_s"], row[f"{kind}_wall_s"] = cpu, wall
+            row[f"{kind}_cache_hits"] = [r["cache_hits"] for r in results]
+            cells.append(f"{cpu:.2f} / {wall:.2f}")
+        rows.append(row)
+        table.add_row(name, *cells)
+    console.print(table)
+    return rows
+
+
+def _compare(mode: str, out: Path, cache: str, args: argparse.Namespace) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env.update(STEPLAB_COMPILE=mode, STEPLAB_CACHE_DIR=cache)
+    command = [
+        sys.executable, "-m", "steplab", "compare", "--optimizers", "rmsprop,nadam",
+        "--budget", str(args.budget), "--seeds", "2", "--steps", str(args.steps),
+        "--trajectories", "none", "--workers", "2", "--quiet", "--out", str(out),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bench_compare(args: argparse.Namespace, console: Console) -> dict[str, float]:
+    """Wall time of the same small study per STEPLAB_COMPILE mode, interleaved repeats."""
+    samples: dict[str, list[float]] = {"never": [], "auto": [], "always": []}
+    with tempfile.TemporaryDirectory(prefix="steplab-compare-") as tmp:
+        for repeat in range(args.repeats):
+            for mode in samples:
+                cache = tempfile.mkdtemp(dir=tmp)  # always a cold cache
+                samples[mode].append(_compare(mode, Path(tmp) / f"{mode}{repeat}", cache, args))
+    medians = {mode: statistics.median(s) for mode, s in samples.items()}
+    table = Table(
+        title=f"steplab compare, rmsprop+nadam, budget {args.budget}, 2 seeds, "
+        f"{args.steps} steps, 2 workers: wall seconds (median of {args.repeats})"
+    )
+    for col in ("STEPLAB_COMPILE", "wall s", "vs never (torch's path)"):
+        table.add_column(col, justify="right")
+    for mode, value in medians.items():
+        table.add_row(mode, f"{value:.1f}", f"{value / medians['never']:.2f}x")
+    console.print(table)
+    return medians
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--part", choices=("all", "start", "compare"), default="all",
+                        help="which tables to measure")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
+    parser.add_argument("--budget", type=int, default=2, help="lr trials per optimizer")
+    parser.add_argument("--steps", type=int, default=200, help="steps per compare run")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+    console = Console()
+    results: dict[str, object] = {}
+    if args.part in ("all", "start"):
+        results["start"] = bench_start(args, console)
+    if args.part in ("all", "compare"):
+        results["compare"] = bench_compare(args, console)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
