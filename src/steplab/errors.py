@@ -11,7 +11,13 @@ True
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "SpecError", "StateMismatchError", "SteplabError"]
+__all__ = [
+    "CheckpointError",
+    "MissingDependencyError",
+    "SpecError",
+    "StateMismatchError",
+    "SteplabError",
+]
 
 
 class SteplabError(Exception):
@@ -32,3 +38,7 @@ class CheckpointError(SteplabError):
 
 class StateMismatchError(SteplabError):
     """Parameter names or shapes of saved state disagree with the model or optimizer."""
+
+
+class MissingDependencyError(SteplabError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

@@ -65,8 +65,8 @@ def test_lr_find_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ("argv", "message"),
     [
         (["--task", "nosuchtask"], "nosuchtask"),
-        (["--task", "beale", "--min-lr", "0"], "min_lr: got 0.0"),
-        (["--task", "beale", "--min-lr", "1", "--max-lr", "0.1"], "max_lr: got 0.1"),
+        (["--task", "beale", "--min-lr", "0"], "--min-lr: got 0.0"),
+        (["--task", "beale", "--min-lr", "1", "--max-lr", "0.1"], "--max-lr: got 0.1"),
         (["--task", "beale", "--optimizer", "adam(lrr=1)"], "lrr"),
         (["--task", "beale", "--steps", "1"], "num_steps: got 1"),
     ],

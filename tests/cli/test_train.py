@@ -59,9 +59,9 @@ def test_full_batch_and_table_output(capsys: Any) -> None:
         (["--task", "digits-mlp", "--schedule", "cos"], "schedule: got 'cos'"),
         (["--task", "digits-mlp", "--lr", "0"], "lr: got 0.0, expected a finite number > 0"),
         (["--task", "digits-mlp", "--steps", "0"], "steps: got 0, expected an integer >= 1"),
-        (["--task", "digits-mlp", "--clip-norm", "-1"], "clip_norm: got -1.0"),
-        (["--task", "digits-mlp", "--batch-size", "99999"], "batch_size: got 99999"),
-        (["--task", "mnist", "--data-dir", "/nonexistent"], "data_dir: got '/nonexistent'"),
+        (["--task", "digits-mlp", "--clip-norm", "-1"], "--clip-norm: got -1.0"),
+        (["--task", "digits-mlp", "--batch-size", "99999"], "--batch-size: got 99999"),
+        (["--task", "mnist", "--data-dir", "/nonexistent"], "--data-dir: got '/nonexistent'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(flags: list[str], expected: str, capsys: Any) -> None:

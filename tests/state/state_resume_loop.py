@@ -54,7 +54,8 @@ def train(root: str | Path, spec: str, steps: int, progress: Any = None,
     ckpt = checkpoint.Checkpointer(root, every=EVERY, keep_last=2)
     latest = ckpt.latest()
     if latest is not None:
-        result = checkpoint.load(latest, model=model, optimizer=opt, scheduler=sched, scaler=scaler)
+        result = checkpoint.load(latest, model=model, optimizer=opt, scheduler=sched, scaler=scaler,
+                                 restore_rng=True)
         step, index = result.step, result.extra["index"]
         perm = torch.tensor(result.extra["perm"])
         restore_generator(order_gen, result.extra["order_gen"])

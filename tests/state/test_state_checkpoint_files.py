@@ -40,7 +40,8 @@ def test_round_trip_restores_model_optimizer_scheduler_scaler_and_extra(tmp_path
     opt2 = create_optimizer("adamw(lr=0.01)", model2)
     sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=2, gamma=0.5)
     scaler2 = torch.amp.GradScaler("cpu")
-    result = checkpoint.load(path, model=model2, optimizer=opt2, scheduler=sched2, scaler=scaler2)
+    result = checkpoint.load(path, model=model2, optimizer=opt2, scheduler=sched2, scaler=scaler2,
+                             restore_rng=True)
     assert result.step == 11 and result.extra == {"best": 0.5}
     assert result.restored == ("model", "optimizer", "scheduler", "scaler", "rng")
     assert params_sha256(model2) == params_sha256(model)

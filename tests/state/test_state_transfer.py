@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_net, trained
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from steplab.errors import SpecError
@@ -79,3 +81,91 @@ def test_bad_policy_and_rename_are_refused() -> None:
     with pytest.raises(SpecError, match="rename: got"):
         transfer(named_state_dict(opt, model), opt, model, rename={"a": 1})  # type: ignore[dict-item]
     assert make_net() is not None
+
+
+# -- issue 11, item 2: rename collisions are errors, never a silent overwrite -------------------
+
+
+def _three_layer() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)))
+    opt = create_optimizer("adam(lr=0.01)", model)
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_rename_mapping_two_saved_names_onto_one_is_an_error_naming_both() -> None:
+    """The issue's case: encoder.2's moments used to overwrite encoder.1's silently."""
+    model, opt = _three_layer()
+    new = nn.Sequential()
+    new.add_module("encoder", nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)))
+    new_opt = create_optimizer("adam(lr=0.01)", new)
+    with pytest.raises(SpecError, match=r"rename: saved 'encoder\.1\.(bias|weight)' and "
+                       r"'encoder\.2\.\1' both map to 'encoder\.1\.\1'"):
+        transfer(named_state_dict(opt, model), new_opt, new, rename={"encoder.2.": "encoder.1."})
+    assert not new_opt.state  # nothing changed
+
+
+def test_rename_to_none_drops_a_layer_so_another_can_take_its_name() -> None:
+    model, opt = _three_layer()
+    new = nn.Sequential()
+    new.add_module("encoder", nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)))
+    new_opt = create_optimizer("adam(lr=0.01)", new)
+    saved = named_state_dict(opt, model)
+    report = transfer(saved, new_opt, new, rename={"encoder.1.": None, "encoder.2.": "encoder.1."})
+    assert set(report.dropped) == {"encoder.1.weight", "encoder.1.bias"}
+    assert report.renamed == {"encoder.2.weight": "encoder.1.weight",
+                              "encoder.2.bias": "encoder.1.bias"}
+    assert torch.equal(new_opt.state[new.encoder[1].weight]["exp_avg"],
+                       opt.state[model.encoder[2].weight]["exp_avg"])
+
+
+_NAMES = st.lists(st.sampled_from(["a.0.", "a.1.", "a.2.", "b.", "c."]), min_size=1,
+                  max_size=4, unique=True)
+
+
+def _module(layers: list[str]) -> nn.Module:
+    """A module with an ``nn.Linear(2, 2)`` at each dotted prefix (``"a.0."`` -> ``a[0]``)."""
+    root = nn.Module()
+    for layer in layers:
+        sub, parts = root, layer.rstrip(".").split(".")
+        for part in parts[:-1]:
+            if not hasattr(sub, part):
+                sub.add_module(part, nn.Module())
+            sub = getattr(sub, part)
+        sub.add_module(parts[-1], nn.Linear(2, 2))
+    return root
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layers=_NAMES, rename=st.dictionaries(
+    st.sampled_from(["a.", "a.0.", "a.1.", "a.2.", "b.", "c.", "x."]),
+    st.one_of(st.none(), st.sampled_from(["a.0.", "a.1.", "b.", "c.", "d.", "a."])), max_size=3))
+def test_every_saved_name_is_carried_or_reported_dropped_exactly_once(
+    layers: list[str], rename: dict[str, str | None]
+) -> None:
+    """The guard for the class: no saved state is ever lost or doubled without a word."""
+    old = _module(layers)
+    old_opt = torch.optim.Adam(old.parameters())
+    for p in old.parameters():
+        p.grad = torch.randn_like(p)
+    old_opt.step()
+    saved = named_state_dict(old_opt, old)
+    names = list(saved["state"])
+    new = _module(["a.0.", "a.1.", "b.", "c.", "d."])
+    new_opt = torch.optim.Adam(new.parameters())
+    try:
+        report = transfer(saved, new_opt, new, rename=rename)
+    except SpecError as exc:
+        assert "both map to" in str(exc)
+        assert not new_opt.state
+        return
+    assert len(report.carried) == len(set(report.carried))
+    assert not set(report.dropped) - set(names)  # dropped names are the saved names
+    carried = [n for n in names if n not in report.dropped]
+    assert sorted(report.renamed.get(n, n) for n in carried) == sorted(report.carried)
+    params = dict(new.named_parameters())
+    for name in carried:
+        got = new_opt.state[params[report.renamed.get(name, name)]]["exp_avg"]
+        assert torch.equal(got, saved["state"][name]["exp_avg"])

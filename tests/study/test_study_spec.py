@@ -123,7 +123,24 @@ def test_split_names_keeps_commas_inside_parentheses() -> None:
         "sgd",
         "lookahead(adam(lr=0.01), k=5)",
     )
-    assert split_names(" , ") == ()
+
+
+
+@pytest.mark.parametrize("text", ["adam,,sgd", " , ", "", "adam,", ",adam"])
+def test_an_empty_item_in_a_name_list_is_an_error_not_dropped(text: str) -> None:
+    """Issue 11: ``--optimizers "adam,,sgd"`` silently dropped the empty item."""
+    with pytest.raises(SpecError, match=r"^optimizers: got .*empty; expected comma-separated"):
+        split_names(text, "optimizers")
+
+
+def test_keys_both_at_top_level_and_under_study_are_an_error(tmp_path: Path) -> None:
+    """Issue 11: the top-level keys were silently ignored."""
+    path = tmp_path / "s.toml"
+    path.write_text('seeds = 5\n[study]\ntasks = ["beale"]\n')
+    with pytest.raises(SpecError, match=r"both at the top level \(seeds\) and under \[study\]"):
+        load_study_spec(path)
+    path.write_text('[study]\ntasks = ["beale"]\nseeds = 5\n')
+    assert load_study_spec(path).seeds == 5
 
 
 def test_the_starting_point_depends_on_what_is_given(tmp_path: Path) -> None:

@@ -7,6 +7,11 @@ imported only when used, so ``steplab --help`` stays fast.
 Every module in :data:`COMMANDS` exposes ``add_parser(subparsers)`` that adds
 its parser and sets ``func`` (taking the parsed ``argparse.Namespace`` and
 returning an exit code).
+
+:func:`main` is the boundary (:mod:`steplab.cli.boundary`): whatever a
+command raises ends as exit code 2 and one line ``steplab <cmd>: error: ...``
+(Ctrl-C: 130), with the traceback only under ``--debug``; every subcommand,
+also one added later, gets ``--debug`` and this guard without doing anything.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from steplab.errors import SteplabError
+from steplab.cli.boundary import Parser, command_name, finish_parsers, run_command
 
 #: subcommand name -> module under steplab.cli that implements it
 COMMANDS: dict[str, str] = {
@@ -33,7 +38,7 @@ COMMANDS: dict[str, str] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="steplab",
         description="Optimizers you can trust, state you can move, comparisons you can believe.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -48,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    finish_parsers(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (2 for bad input)."""
+    """Run the CLI; returns the process exit code (2 for bad input, 130 for Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -63,15 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        code: int = args.func(args)
-    except SteplabError as exc:
-        print(f"steplab {args.command}: error: {exc}", file=sys.stderr)
+    name = command_name(args, f"steplab {args.command}")
+    func = getattr(args, "func", None)
+    if func is None:  # a command group (e.g. `steplab checkpoint`) without its subcommand
+        getattr(args, "_steplab_parser", parser).print_help()
         return 2
-    except KeyboardInterrupt:
-        print(f"steplab {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return code
+    return run_command(func, args, name, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

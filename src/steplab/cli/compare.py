@@ -135,9 +135,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     for name in ("tasks", "optimizers"):
         value = getattr(args, name)
-        over[name] = None if value is None else split_names(value)
+        over[name] = None if value is None else split_names(value, f"--{name}")
     if args.trajectories is not None:
-        over["trajectories"] = () if args.trajectories == "none" else split_names(args.trajectories)
+        over["trajectories"] = (
+            () if args.trajectories == "none" else split_names(args.trajectories, "--trajectories")
+        )
     return over
 
 

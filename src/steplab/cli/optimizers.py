@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from steplab.cli.layout import print_listing
+from steplab.errors import SpecError
 from steplab.optim import OPTIMIZERS
 from steplab.optim.paths import implementation_paths
 
@@ -47,28 +48,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(infos, indent=2, ensure_ascii=False))
         return 0
-    table = Table(title="steplab optimizers (bytes per parameter: float32 state)", show_lines=True)
-    for column in (
-        "name",
-        "update rule",
-        "hyperparameters (defaults)",
-        "state per parameter",
-        "bytes",
-        "default search space",
-    ):
-        table.add_column(column, overflow="fold")
-    for info in infos:
-        hyper = ", ".join(f"{k}={_format(v)}" for k, v in info["defaults"].items())
-        table.add_row(
-            info["name"],
-            info["rule"],
-            hyper,
-            ", ".join(info["buffers"]) or "-",
-            _bytes(info),
-            _space(info["search_space"]),
-        )
+    if args.width is not None and not 40 <= args.width <= 10_000:
+        raise SpecError(f"width: got {args.width}, expected 40 to 10000 characters")
+    columns = ("name", "update rule", "hyperparameters (defaults)", "state per parameter",
+               "bytes", "default search space")
+    rows = [
+        (info["name"], info["rule"],
+         ", ".join(f"{k}={_format(v)}" for k, v in info["defaults"].items()),
+         ", ".join(info["buffers"]) or "-", _bytes(info),
+         _space(info["search_space"]))
+        for info in infos
+    ]
     console = Console(width=args.width)
-    console.print(table)
+    print_listing(console, "steplab optimizers (bytes per parameter: float32 state)",
+                  columns, rows, wide=150)
     console.print(
         "Every name also takes fused=/foreach=/maximize= (except lookahead). "
         "bytes: float32 state per parameter; in brackets with state=bf16/int8/int4 "
@@ -108,6 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--width",
         type=int,
         default=None,
-        help="table width in characters (default: the terminal's)",
+        help="width in characters; below 150 each optimizer is a block instead of a table "
+        "row (default: the terminal's, 80 when piped)",
     )
     parser.set_defaults(func=run)

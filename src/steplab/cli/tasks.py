@@ -50,25 +50,15 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(infos, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="steplab tasks")
-    table.add_column("name", no_wrap=True)
-    table.add_column("description", ratio=1)
-    table.add_column("train/val/test", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("target", no_wrap=True)
-    table.add_column("defaults (adam)")
+    from steplab.cli.layout import print_listing
+
+    columns = ("name", "description", "train/val/test", "params", "target", "defaults (adam)")
+    rows = []
     for info in infos:
         sizes = info["sizes"]
         split = "-" if sizes is None else f"{sizes['train']}/{sizes['val']}/{sizes['test']}"
-        table.add_row(
-            info["name"],
-            info["description"],
-            split,
-            f"{info['n_params']:,}",
-            _target(info),
-            _defaults(info),
-        )
-    Console().print(table)
+        rows.append((info["name"], info["description"], split, f"{info['n_params']:,}",
+                     _target(info), _defaults(info)))
+    print_listing(Console(), "steplab tasks", columns, rows, wide=140)
     return 0

@@ -86,14 +86,14 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-_NOT_CONFIG = {"command", "func", "version", "out", "resume", "quiet", "json"}
-
-
 def run(args: argparse.Namespace) -> int:
     """Build the TrainConfig from ``args``, call :func:`steplab.train.fit`, print the summary."""
+    import dataclasses
+
     from steplab.train import TrainConfig, fit
 
-    fields = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {k: v for k, v in vars(args).items() if k in names}
     try:
         config = TrainConfig(**fields)
     except TypeError as exc:  # pragma: no cover - argparse and TrainConfig agree

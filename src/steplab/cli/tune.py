@@ -80,10 +80,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; print the best spec (or JSON). Returns 0, or 1 if no trial completed."""
-    import optuna
-
+    from steplab.extras import require
     from steplab.study.tuning import tune
 
+    optuna = require("optuna", "steplab tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     result = tune(
         args.task,

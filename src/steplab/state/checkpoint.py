@@ -15,7 +15,9 @@ changes the model or the optimizer.
 >>> path = save(root + "/ckpt", model=model, optimizer=opt, step=7, extra={"epoch": 1})
 >>> result = load(path, model=nn.Linear(2, 2), optimizer=None)
 >>> result.step, result.extra, result.restored
-(7, {'epoch': 1}, ('model', 'rng'))
+(7, {'epoch': 1}, ('model',))
+>>> load(path, model=nn.Linear(2, 2), restore_rng=True).restored  # resuming training
+('model', 'rng')
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import secrets
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -42,7 +45,12 @@ from steplab.state.manifest import (
     manifest_digest,
     open_checkpoint,
 )
-from steplab.state.named import check_named_state_dict, load_named_state_dict, named_state_dict
+from steplab.state.named import (
+    NamedLoadReport,
+    check_named_state_dict,
+    load_named_state_dict,
+    named_state_dict,
+)
 from steplab.state.names import canonical_module, clean_name
 from steplab.state.rng import capture_rng
 from steplab.state.rng import restore_rng as _restore_rng
@@ -57,7 +65,7 @@ _Stateful = Any  # an object with state_dict() / load_state_dict() (scheduler, G
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What :func:`load` restored.
+    """What :func:`load` restored, and what it skipped.
 
     Attributes:
         step: the step the checkpoint was saved at.
@@ -65,12 +73,27 @@ class LoadResult:
         restored: which parts were restored, from ``("model", "optimizer",
             "scheduler", "scaler", "rng")``.
         manifest: the full manifest, for anything else.
+        loaded: model keys (parameters and buffers) that took the saved values.
+        missing: model keys the checkpoint does not hold; they kept their values.
+        unexpected: saved model keys the model does not have; not used.
+        shape_mismatched: keys on both sides with different shapes; they kept their values.
+        optimizer: the optimizer's own report (names loaded, fresh, unused), or None.
     """
 
     step: int
     extra: dict[str, Any]
     restored: tuple[str, ...]
     manifest: dict[str, Any]
+    loaded: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    shape_mismatched: tuple[str, ...] = ()
+    optimizer: NamedLoadReport | None = None
+
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """Model keys left at their values from before the load (missing, then mismatched)."""
+        return self.missing + self.shape_mismatched
 
 
 def _tensor_key(path: list[str]) -> str:
@@ -236,9 +259,15 @@ def save(path: str | os.PathLike[str], *, model: nn.Module,
     return _WRITER.submit(lambda: _commit(target, tensors, body))
 
 
-def _check_model(
-    model: nn.Module, manifest: dict[str, Any], strict: bool
-) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class _ModelFit:
+    targets: dict[str, torch.Tensor]  # loadable key -> the model's tensor
+    missing: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    mismatched: tuple[str, ...]
+
+
+def _check_model(model: nn.Module, manifest: dict[str, Any], strict: bool) -> _ModelFit:
     module = canonical_module(model)
     current = {clean_name(k): v for k, v in module.state_dict(keep_vars=True).items()}
     saved = manifest["model"].get("keys")
@@ -254,7 +283,28 @@ def _check_model(
         ) if names]
         raise StateMismatchError(
             f"model: checkpoint does not fit {type(module).__name__}: " + "; ".join(parts))
-    return {k: v for k, v in current.items() if k in shapes and k not in mismatched}
+    targets = {k: v for k, v in current.items() if k in shapes and k not in mismatched}
+    return _ModelFit(targets, tuple(missing), tuple(unexpected), tuple(mismatched))
+
+
+def _names(names: tuple[str, ...], shown: int = 4) -> str:
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _warn_skipped(fit: _ModelFit) -> None:
+    """One warning line naming what a non-strict load left as it was."""
+    parts = [f"{label}: {_names(names)}" for label, names in (
+        ("not in the checkpoint", fit.missing), ("shape differs", fit.mismatched),
+    ) if names]
+    if fit.missing or fit.mismatched:
+        head = (f"checkpoint.load: {len(fit.missing) + len(fit.mismatched)} model weights "
+                f"kept their current values ({'; '.join(parts)})")
+    else:
+        head = "checkpoint.load: every model weight loaded"
+    if fit.unexpected:
+        head += f"; {len(fit.unexpected)} saved weights unused: {_names(fit.unexpected)}"
+    warnings.warn(head, stacklevel=3)
 
 
 def _require(name: str, obj: object, manifest: dict[str, Any]) -> bool:
@@ -268,7 +318,7 @@ def _require(name: str, obj: object, manifest: dict[str, Any]) -> bool:
 def load(path: str | os.PathLike[str], *, model: nn.Module,
          optimizer: torch.optim.Optimizer | None = None, scheduler: _Stateful = None,
          scaler: _Stateful = None, map_location: str | torch.device | None = None,
-         restore_rng: bool = True, verify: bool = True, strict: bool = True) -> LoadResult:
+         restore_rng: bool = False, verify: bool = True, strict: bool = True) -> LoadResult:
     """Load a checkpoint directory into a model (and optimizer, scheduler, scaler).
 
     Everything is checked before anything changes. Parameters are matched by
@@ -277,15 +327,27 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
     the model's device and dtype; optimizer state is cast by the optimizer's
     own ``load_state_dict`` to each parameter's device and dtype.
 
+    With ``strict=False`` whatever does not fit is skipped: the result lists
+    it (``missing``, ``unexpected``, ``shape_mismatched``, ``skipped``) and one
+    warning line names it, so a renamed layer never silently keeps its
+    initial values.
+
+    The process's random streams (Python, NumPy, torch) change only with
+    ``restore_rng=True``: pass it when resuming training, where the saved
+    streams make the continuation bit-exact; leave it False when loading
+    weights to evaluate or fine-tune.
+
     Args:
         path: a checkpoint directory written by :func:`save`.
         model: receives the saved parameters and buffers.
         optimizer, scheduler, scaler: restored when given (the checkpoint must hold them).
         map_location: device to stage the read tensors on before they are copied in.
-        restore_rng: restore the Python, NumPy and torch RNG states.
+        restore_rng: also restore the Python, NumPy and torch RNG states the
+            checkpoint saved (False: leave the process's random streams alone).
         verify: check every tensor's checksum (CRC-32; SHA-256 in format 1
             checkpoints) against the manifest.
-        strict: any missing, unexpected or shape-mismatched name is an error.
+        strict: any missing, unexpected or shape-mismatched name is an error;
+            False loads what fits and reports (and warns about) the rest.
 
     Returns:
         A :class:`LoadResult`.
@@ -297,7 +359,8 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
     """
     ckpt = open_checkpoint(path)
     manifest = ckpt.manifest
-    targets = _check_model(model, manifest, strict)
+    fit = _check_model(model, manifest, strict)
+    targets = fit.targets
     restored = ["model"]
     want = {n: _require(n, o, manifest) for n, o in
             (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler))}
@@ -317,8 +380,9 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
         for name, target in targets.items():
             if tensors[f"model/{name}"] is not target:
                 target.copy_(tensors[f"model/{name}"])
+    report = None
     if optimizer is not None:
-        load_named_state_dict(optimizer, model, parts["optimizer"], strict, copy=False)
+        report = load_named_state_dict(optimizer, model, parts["optimizer"], strict, copy=False)
         restored.append("optimizer")
     for name, obj in (("scheduler", scheduler), ("scaler", scaler)):
         if obj is not None:
@@ -330,5 +394,9 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
     if restore_rng and manifest.get("rng") is not None:
         _restore_rng(manifest["rng"])
         restored.append("rng")
+    if not strict and (fit.missing or fit.unexpected or fit.mismatched):
+        _warn_skipped(fit)
     step: int = manifest["step"]
-    return LoadResult(step, dict(manifest["extra"]), tuple(restored), manifest)
+    return LoadResult(step, dict(manifest["extra"]), tuple(restored), manifest,
+                      loaded=tuple(targets), missing=fit.missing, unexpected=fit.unexpected,
+                      shape_mismatched=fit.mismatched, optimizer=report)

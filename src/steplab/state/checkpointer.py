@@ -7,6 +7,13 @@ incomplete or corrupt ones with a warning, so what it returns, ``load``
 accepts. One ``Checkpointer`` per root: two writers to one root are not
 supported.
 
+A damaged checkpoint is never deleted (a person may want to recover it) and
+never blocks a run: ``latest(set_aside=True)``, which resuming uses, renames
+each damaged checkpoint newer than the one it returns to
+``damaged-step-00000123`` beside it, with one warning line, and :meth:`save`
+does the same with a damaged directory in its way. Rotation never touches
+``damaged-*``.
+
 >>> import tempfile, torch
 >>> from torch import nn
 >>> model = nn.Linear(2, 1)
@@ -97,7 +104,10 @@ class Checkpointer:
         """
         self._writer.wait()
         target = self.path_for(step)
-        _check_target(target)
+        try:
+            _check_target(target)
+        except CheckpointError as exc:  # our own step directory, damaged: keep it, out of the way
+            self._set_aside(target, str(exc))
         tensors, body = _snapshot(step=step, stage=not blocking, pool=self._staging,
                                   **_save_args(save_kwargs))
 
@@ -142,8 +152,18 @@ class Checkpointer:
                     ranked.append((int(match.group(1)), rank, p))
         return [p for _, _, p in sorted(ranked, reverse=True)]
 
-    def latest(self) -> Path | None:
-        """The newest checkpoint that ``load`` accepts, or None; skipped ones are warned about."""
+    def latest(self, *, set_aside: bool = False) -> Path | None:
+        """The newest checkpoint that ``load`` accepts, or None.
+
+        Args:
+            set_aside: rename each damaged ``step-*`` checkpoint newer than the
+                returned one to ``damaged-step-*`` (warning once per checkpoint),
+                so that training on from the returned one can save those steps
+                again. False (the default) only reads, warning about what it skips.
+
+        Returns:
+            The checkpoint directory, or None when there is no good one.
+        """
         self._writer.check()
         for path in self._candidates():
             try:
@@ -151,10 +171,25 @@ class Checkpointer:
                 if self.verify:
                     verify_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_digests)
             except CheckpointError as exc:
-                warnings.warn(f"skipping checkpoint {path.name}: {exc}", stacklevel=2)
+                if set_aside and _NAME.match(path.name):
+                    self._set_aside(path, str(exc))
+                else:
+                    warnings.warn(f"skipping checkpoint {path.name}: {exc}", stacklevel=2)
                 continue
             return path
         return None
+
+    def _set_aside(self, path: Path, reason: str) -> Path:
+        """Rename a damaged checkpoint to a free ``damaged-<name>[-N]``; warn in one line."""
+        aside = self.root / f"damaged-{path.name}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.root / f"damaged-{path.name}-{n}"
+        os.replace(path, aside)
+        warnings.warn(f"checkpoint {path.name} is damaged ({reason}); moved it aside to {aside}",
+                      stacklevel=3)
+        return aside
 
     def _rotate(self) -> None:
         """Remove old checkpoints beyond ``keep_last`` and leftovers of crashed saves."""

@@ -26,7 +26,11 @@ counter at 0.
 
 Group hyperparameters always stay the current optimizer's (the fine-tuning
 run sets its own learning rate). ``rename`` maps old name prefixes to new
-ones (plain string prefixes, longest first).
+ones (plain string prefixes, longest first); a prefix mapped to ``None``
+drops those names. Two saved names that would end under one name (say
+``rename={"encoder.2.": "encoder.1."}`` while ``encoder.1.`` is saved too)
+are an error naming both, never one silently overwriting the other; map or
+drop the other one as well.
 
 >>> import torch
 >>> from torch import nn
@@ -86,27 +90,50 @@ class TransferReport:
                 "dropped": list(self.dropped), "fresh": list(self.fresh)}
 
 
-def _new_name(name: str, rules: list[tuple[str, str]]) -> str:
+def _new_name(name: str, rules: list[tuple[str, str | None]]) -> str | None:
     for old, new in rules:
         if name.startswith(old):
-            return new + name[len(old):]
+            return None if new is None else new + name[len(old):]
     return name
 
 
-def _renamed(state: Mapping[str, Any], rename: Mapping[str, str]) -> tuple[dict[str, Any],
-                                                                          dict[str, str]]:
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
-        raise SpecError(f"rename: got {dict(rename)!r}, expected a dict of str prefixes -> str")
+def _mapping(names: set[str], rename: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Saved name -> new name (None: dropped); two names onto one raise ``SpecError``."""
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str))
+               for k, v in rename.items()):
+        raise SpecError(f"rename: got {dict(rename)!r}, "
+                        "expected a dict of str prefixes -> str prefixes (or None to drop)")
     rules = sorted(rename.items(), key=lambda kv: -len(kv[0]))
+    mapping = {n: _new_name(n, rules) for n in sorted(names)}
+    sources: dict[str, str] = {}
+    for old, new in mapping.items():
+        if new is None:
+            continue
+        if new in sources:
+            first, second = sorted((sources[new], old))
+            raise SpecError(
+                f"rename: saved {first!r} and {second!r} both map to {new!r}; expected one "
+                "saved name per new name (rename or drop the other, e.g. {prefix: None})")
+        sources[new] = old
+    return mapping
+
+
+def _renamed(state: Mapping[str, Any], rename: Mapping[str, str | None]
+             ) -> tuple[dict[str, Any], dict[str, str], tuple[str, ...]]:
+    """``state`` under new names; also the renames and the saved names dropped by ``None``."""
     state = migrate_named(state)
     names = set(state.get("param_shapes", {})) | set(state.get("state", {}))
-    mapping = {n: _new_name(n, rules) for n in names}
+    mapping = _mapping(names, rename)
+    keep = {n: m for n, m in mapping.items() if m is not None}
     out = dict(state)
-    out["state"] = {mapping[n]: v for n, v in state["state"].items()}
-    out["param_shapes"] = {mapping.get(n, n): v for n, v in state["param_shapes"].items()}
-    out["param_groups"] = [{**g, "params": [mapping.get(n, n) for n in g["params"]]}
+    out["state"] = {keep[n]: v for n, v in state["state"].items() if n in keep}
+    out["param_shapes"] = {keep.get(n, n): v for n, v in state["param_shapes"].items()
+                           if mapping.get(n, n) is not None}
+    out["param_groups"] = [{**g, "params": [keep.get(n, n) for n in g["params"]
+                                            if mapping.get(n, n) is not None]}
                            for g in state["param_groups"]]
-    return out, {old: new for old, new in mapping.items() if old != new}
+    dropped = tuple(n for n, m in mapping.items() if m is None)
+    return out, {old: new for old, new in keep.items() if old != new}, dropped
 
 
 def _restart_first_moments(optimizer: torch.optim.Optimizer, model: nn.Module,
@@ -128,7 +155,8 @@ def _restart_first_moments(optimizer: torch.optim.Optimizer, model: nn.Module,
 
 
 def transfer(state: Mapping[str, Any], optimizer: torch.optim.Optimizer, model: nn.Module,
-             policy: Policy = "keep", rename: Mapping[str, str] | None = None) -> TransferReport:
+             policy: Policy = "keep", rename: Mapping[str, str | None] | None = None
+             ) -> TransferReport:
     """Load saved optimizer state into the optimizer of a changed model.
 
     Args:
@@ -137,29 +165,32 @@ def transfer(state: Mapping[str, Any], optimizer: torch.optim.Optimizer, model: 
         optimizer: the new model's optimizer (its hyperparameters are kept).
         model: the new model.
         policy: ``"keep"``, ``"reset"`` or ``"keep-second-moment"`` (module docstring).
-        rename: old name prefix -> new name prefix, for renamed layers.
+        rename: old name prefix -> new name prefix, for renamed layers; ``None``
+            drops the names under that prefix.
 
     Returns:
         A :class:`TransferReport`.
 
     Raises:
-        SpecError: for an unknown policy or a malformed ``rename``.
+        SpecError: for an unknown policy, a malformed ``rename``, or a ``rename``
+            that maps two saved names onto one (the message names both).
         CheckpointError: if ``state`` is not a named state dict.
     """
     if policy not in POLICIES:
         raise SpecError(f"policy: got {policy!r}, expected one of {', '.join(POLICIES)}")
-    state, renamed = _renamed(state, rename or {})
+    state, renamed, removed = _renamed(state, rename or {})
+    back = {new: old for old, new in renamed.items()}  # report saved names as saved
     loadable, missing, unexpected, mismatched, _ = check_named_state_dict(
         optimizer, model, state, strict=False)
     saved_mismatched = tuple(n for n in state["param_shapes"] if n in mismatched)
     if policy == "reset":
         current = tuple(loadable + missing + mismatched)
-        saved = tuple(n for g in state["param_groups"] for n in g["params"])
-        return TransferReport(policy, (), renamed, saved, current)
+        saved = tuple(back.get(n, n) for g in state["param_groups"] for n in g["params"])
+        return TransferReport(policy, (), renamed, removed + saved, current)
     report = load_named_state_dict(optimizer, model, state, strict=False,
                                    hyperparameters="current")
     if policy == "keep-second-moment":
         _restart_first_moments(optimizer, model, report.loaded)
-    return TransferReport(policy, report.loaded, renamed,
-                          tuple(unexpected) + saved_mismatched,
+    dropped = removed + tuple(back.get(n, n) for n in (*unexpected, *saved_mismatched))
+    return TransferReport(policy, report.loaded, renamed, dropped,
                           report.missing + report.shape_mismatched)

@@ -58,6 +58,9 @@ class StudyResult:
 
 
 def _claim_out_dir(out: Path, spec: StudySpec, command: str | None) -> None:
+    from steplab.train.output import check_out_dir, make_out_dir
+
+    check_out_dir(out)
     marker = out / "study.json"
     if marker.exists():
         try:
@@ -76,7 +79,7 @@ def _claim_out_dir(out: Path, spec: StudySpec, command: str | None) -> None:
         raise SpecError(
             f"out: {str(out)!r} is not empty and holds no study; expected a new directory"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     (out / "study.toml").write_text(spec.to_toml())
     body = {"spec_hash": spec.spec_hash, "spec": spec.to_dict(), "command": command}
     marker.write_text(json.dumps(body, indent=2) + "\n")

@@ -87,8 +87,8 @@ def _check_args(min_lr: float, max_lr: float, num_steps: int, beta: float, stop:
         raise SpecError(f"num_steps: got {num_steps!r}, expected an integer >= 2")
     if not 0.0 <= beta < 1.0:
         raise SpecError(f"beta: got {beta!r}, expected a smoothing factor in [0, 1)")
-    if not stop > 1.0:
-        raise SpecError(f"stop_factor: got {stop!r}, expected a number > 1")
+    if not (math.isfinite(stop) and stop > 1.0):
+        raise SpecError(f"stop_factor: got {stop!r}, expected a finite number > 1")
 
 
 def _batches(data: Iterable[Any]) -> Iterator[Any]:
@@ -310,11 +310,20 @@ def lr_range_test_task(
     """
     from steplab.optim import create_optimizer
     from steplab.tasks import get_task
+    from steplab.train.output import check_out_dir, make_out_dir
 
     if batch_size is not None and batch_size < 1:
         raise SpecError(f"batch_size: got {batch_size!r}, expected an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise SpecError(f"seed: got {seed!r}, expected an integer in [0, 2**63)")
+    _check_args(min_lr, max_lr, num_steps, beta, stop_factor)
+    if out_dir is not None:
+        check_out_dir(out_dir)
     task_obj = get_task(task, data_dir)
     data = task_obj.load_data(data_dir)
+    if batch_size is not None and batch_size > len(data.x_train):
+        raise SpecError(f"batch_size: got {batch_size}, expected at most the "
+                        f"{len(data.x_train)} training examples of {task}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = task_obj.build_model(torch.Generator().manual_seed(seed))
@@ -327,8 +336,7 @@ def lr_range_test_task(
             num_steps=num_steps, beta=beta, stop_factor=stop_factor,
         )
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_out_dir(out_dir)
         result.save_json(out / "lr_find.json")
         plot_curve(result, out / "lr_find.png", title=f"LR range test: {task}, {optimizer}")
     return result

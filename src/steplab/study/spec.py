@@ -347,13 +347,17 @@ def quick_study_spec() -> StudySpec:
     )
 
 
-def split_names(text: str) -> tuple[str, ...]:
+def split_names(text: str, field: str = "names") -> tuple[str, ...]:
     """Split a comma-separated list of names at top-level commas (not inside parentheses).
+
+    An empty list or an empty item (``"adam,,sgd"``) is an error, never dropped silently.
 
     >>> split_names("adam, lookahead(adam, k=5),sgd")
     ('adam', 'lookahead(adam, k=5)', 'sgd')
-    >>> split_names("")
-    ()
+    >>> split_names("adam,,sgd", "optimizers")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    steplab.errors.SpecError: optimizers: got 'adam,,sgd', item 2 is empty; ...
     """
     names, depth, current = [], 0, ""
     for char in text:
@@ -364,7 +368,11 @@ def split_names(text: str) -> tuple[str, ...]:
         else:
             current += char
     names.append(current.strip())
-    return tuple(n for n in names if n)
+    for index, name in enumerate(names, start=1):
+        if not name:
+            where = "it is empty" if len(names) == 1 else f"item {index} is empty"
+            raise SpecError(f"{field}: got {text!r}, {where}; expected comma-separated names")
+    return tuple(names)
 
 
 def load_study_spec(
@@ -418,7 +426,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec: {str(path)!r} is not valid TOML ({exc})") from exc
-    study = table.pop("study", {})
+    study = table.pop("study", None)
+    if study is None:
+        return table
     if not isinstance(study, dict):
         raise SpecError(f"spec: [study] in {str(path)!r} must be a table")
-    return {**table, **study}
+    if table:  # keys above [study] would be silently overridden or ignored: say so
+        raise SpecError(
+            f"spec: {str(path)!r} has keys both at the top level ({', '.join(sorted(table))}) "
+            "and under [study]; expected all of them in one place"
+        )
+    return study

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,25 @@ def _check_int(option: str, value: Any, minimum: int) -> None:
 def _check_choices(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise SpecError(f"{option}: got {value!r}, expected one of {', '.join(choices)}")
+
+
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_texts(storage: str | None, study_name: str | None, address: str | None,
+                 backend: str) -> None:
+    """Options given as text: given means used, so empty or ignored values are errors."""
+    if storage is not None and "://" not in storage:
+        raise SpecError(f"storage: got {storage!r}, expected an Optuna storage URL such as "
+                        "'sqlite:///tune/study.db'")
+    if study_name is not None and not _STUDY_NAME.fullmatch(study_name):
+        raise SpecError(f"study_name: got {study_name!r}, expected letters, digits, '.', '_' "
+                        "or '-' (it names a directory), starting with a letter or digit")
+    if address is not None and backend != "ray":
+        raise SpecError(f"address: got {address!r} with backend {backend!r}; expected an "
+                        "address only with backend 'ray'")
+    if address is not None and not address.strip():
+        raise SpecError("address: got '', expected 'auto', 'host:port' or 'ray://host:port'")
 
 
 def _study_name(
@@ -116,7 +136,10 @@ def tune(
         The :class:`TuneResult`, also written to ``out_dir/best.json``.
 
     Raises:
-        SpecError: a bad task, spec, space, budget, option or unreachable storage.
+        SpecError: a bad task, spec, space, budget, option or unreachable storage;
+            an ``address`` without the ray backend.
+        MissingDependencyError: Optuna (or, for the ray backend, Ray) is not
+            installed; the message names the extra to install.
 
     Example:
         >>> import tempfile
@@ -125,19 +148,26 @@ def tune(
         >>> res.counts["complete"], res.best_spec.startswith("sgd(lr=")
         (2, True)
     """
+    from steplab.extras import require
     from steplab.optim import parse_spec
     from steplab.tasks import get_task
     from steplab.train import TrainConfig
     from steplab.train.guards import metric_mode
+    from steplab.train.output import check_out_dir, make_out_dir
 
     _check_int("trials", trials, 1)
     _check_int("workers", workers, 1)
     _check_choices("backend", backend, BACKENDS)
     _check_choices("pruner", pruner, PRUNERS)
+    _check_texts(storage, study_name, address, backend)
+    require("optuna", "steplab tune")
+    if backend == "ray":
+        require("ray.tune", "steplab tune --backend ray")
+    check_out_dir(out_dir)
     spec = parse_spec(optimizer)
     task_obj = get_task(task, data_dir)
     search = resolve_space(space, spec, trials)
-    metric = metric or default_metric(task_obj.target.metric)
+    metric = default_metric(task_obj.target.metric) if metric is None else metric
     if not metric.startswith("val_"):
         raise SpecError(f"metric: got {metric!r}, expected a validation metric (val_...); "
                         "tuning never selects on the test split")
@@ -148,8 +178,7 @@ def tune(
         "data_dir": data_dir, "eval_splits": ("val",), "monitor": False,
     }
     TrainConfig(optimizer=str(spec), **train)  # raises SpecError on a bad option now
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out_dir(out_dir).resolve()
     name = study_name or _study_name(task, str(spec), search, train, metric)
     url = storage or f"sqlite:///{out / 'study.db'}"
     plan = OptunaPlan(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -134,10 +136,30 @@ def list_tasks() -> list[str]:
     return list(_REGISTRY)
 
 
+def _import_from_cwd_too(module_name: str) -> Any:
+    """Import ``module_name``, also from the working directory, as ``python -m`` would.
+
+    The ``steplab`` script's ``sys.path`` starts with its own directory, not the
+    working directory; a module not found elsewhere is looked for there (the
+    directory is added to the end of ``sys.path``, so it shadows nothing, and
+    worker processes inherit it).
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        cwd = os.getcwd()
+        top = module_name.split(".")[0]
+        if exc.name != top or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        importlib.invalidate_caches()
+        return importlib.import_module(module_name)
+
+
 def _import_task(name: str) -> Task:
     module_name, _, attr = name.partition(":")
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
+        obj = getattr(_import_from_cwd_too(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise SpecError(
             f"task: got {name!r}, which could not be imported ({exc}); "
@@ -162,8 +184,8 @@ def get_task(name: str, data_dir: str | None = None) -> Task:
         registered object itself.
 
     Raises:
-        SpecError: unknown name (with the closest names as suggestions), or an
-            import path that fails.
+        SpecError: unknown name (with the closest names as suggestions), an
+            import path that fails, or a ``data_dir`` that is not a directory.
 
     Example:
         >>> get_task("mnist1d-cnn").target
@@ -175,6 +197,8 @@ def get_task(name: str, data_dir: str | None = None) -> Task:
     """
     if not isinstance(name, str):
         raise SpecError(f"task: got {name!r}, expected a task name (str)")
+    if data_dir is not None and not (str(data_dir).strip() and os.path.isdir(data_dir)):
+        raise SpecError(f"data_dir: got {str(data_dir)!r}, expected an existing directory")
     if name in _REGISTRY:
         return _REGISTRY[name](data_dir)
     if ":" in name:

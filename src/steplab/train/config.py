@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -181,12 +182,14 @@ class TrainConfig:
         _check_positive("clip_norm", self.clip_norm)
         _check_positive("clip_value", self.clip_value)
         if not isinstance(self.divergence_factor, (int, float)) or not (
-            self.divergence_factor > 1
+            math.isfinite(self.divergence_factor) and self.divergence_factor > 1
         ):
-            raise _bad("divergence_factor", self.divergence_factor, "a number > 1")
+            raise _bad("divergence_factor", self.divergence_factor, "a finite number > 1")
         _check_positive("patience", self.patience, integer=True)
-        if not isinstance(self.min_delta, (int, float)) or not (self.min_delta >= 0):
-            raise _bad("min_delta", self.min_delta, "a number >= 0")
+        if not isinstance(self.min_delta, (int, float)) or not (
+            math.isfinite(self.min_delta) and self.min_delta >= 0
+        ):
+            raise _bad("min_delta", self.min_delta, "a finite number >= 0")
         if self.target_value is not None and (
             isinstance(self.target_value, bool)
             or not isinstance(self.target_value, (int, float))
@@ -198,19 +201,21 @@ class TrainConfig:
         _check_positive("log_every", self.log_every, integer=True)
         _check_positive("state_every", self.state_every, integer=True)
         _check_positive("histogram_every", self.histogram_every, integer=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise _bad("seed", self.seed, "an integer >= 0")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
+            0 <= self.seed < 2**63
+        ):
+            raise _bad("seed", self.seed, "an integer in [0, 2**63)")
 
     def _check_choices(self) -> None:
         if self.on_nonfinite not in ("skip", "stop"):
             raise _bad("on_nonfinite", self.on_nonfinite, "'skip' or 'stop'")
         if self.precision not in PRECISIONS:
             raise _bad("precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        if self.precision == "fp16" and not self.device.startswith("cuda"):
+        if self.precision == "fp16" and not str(self.device).startswith("cuda"):
             raise _bad(
                 "precision", self.precision, "'fp32' or 'bf16' on CPU (fp16 needs a CUDA device)"
             )
-        if self.device != "cpu" and not self.device.startswith("cuda"):
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise _bad("device", self.device, "'cpu' or 'cuda[:N]'")
         if not self.eval_splits or any(s not in EVAL_SPLITS for s in self.eval_splits):
             raise _bad(

@@ -112,10 +112,11 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the latest checkpoint when there is one; open ``metrics.jsonl``."""
         s = self.s
-        latest = self.ckpt.latest() if self.ckpt is not None and s.exists else None
+        # damaged newer checkpoints are moved aside, so this run can save those steps again
+        latest = self.ckpt.latest(set_aside=True) if self.ckpt is not None and s.exists else None
         if latest is not None:
             res = checkpoint.load(latest, model=s.model, optimizer=s.optimizer,
-                                  scheduler=s.scheduler, scaler=s.scaler)
+                                  scheduler=s.scheduler, scaler=s.scaler, restore_rng=True)
             extra = res.extra
             self.step = int(res.step)
             self.batches.load_state_dict(extra["data"])

@@ -17,10 +17,18 @@ from typing import IO, Any
 
 from steplab.errors import SpecError
 
-__all__ = ["RunDir", "atomic_write_json", "to_json_value"]
+__all__ = ["RunDir", "atomic_write_json", "check_out_dir", "make_out_dir", "to_json_value"]
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
 CHECKPOINTS = "checkpoints"
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, AttributeError):
+        return "not a JSON object"
+    return f"not valid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
 
 
 def to_json_value(obj: Any) -> Any:
@@ -50,6 +58,59 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_out_dir(path: str | os.PathLike[str], option: str = "out") -> Path:
+    """Check that ``path`` is, or can become, a directory; touch nothing.
+
+    Args:
+        path: the output directory.
+        option: the option's name for the message.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        SpecError: ``path`` is empty, a file, under a file, or under a directory
+            this process may not write to.
+
+    Example:
+        >>> check_out_dir("/proc/version/x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        steplab.errors.SpecError: out: got '/proc/version/x', but '/proc/version' is a file; ...
+    """
+    if not str(path).strip():
+        raise SpecError(f"{option}: got {str(path)!r}, expected a directory path")
+    root = Path(path)
+    if root.exists():
+        if not root.is_dir():
+            raise SpecError(f"{option}: got {str(root)!r}, which is a file; expected a directory")
+        return root
+    ancestor = next(p for p in root.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise SpecError(f"{option}: got {str(root)!r}, but {str(ancestor)!r} is a file; "
+                        "expected a path whose parents are directories")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SpecError(f"{option}: got {str(root)!r}, but {str(ancestor)!r} is not writable; "
+                        "expected a directory this user can create")
+    return root
+
+
+def make_out_dir(path: str | os.PathLike[str], option: str = "out") -> Path:
+    """:func:`check_out_dir`, then create the directory (and its parents).
+
+    Raises:
+        SpecError: as :func:`check_out_dir`, or the directory cannot be created
+            (``/proc/x``: the reason from the operating system).
+    """
+    root = check_out_dir(path, option)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"{option}: cannot create {str(root)!r} ({exc.strerror or exc}); "
+                        "expected a directory this user can create") from None
+    return root
+
+
 class RunDir:
     """One run's output directory.
 
@@ -74,8 +135,7 @@ class RunDir:
         Touches nothing. Raises ``SpecError`` when ``--out`` holds another run,
         or holds this run and ``resume`` is False, or is a file.
         """
-        if self.root.exists() and not self.root.is_dir():
-            raise SpecError(f"out: got {str(self.root)!r}, expected a directory (it is a file)")
+        check_out_dir(self.root)
         config = self.root / CONFIG
         if not config.exists():
             ours = [n for n in (METRICS, SUMMARY, CHECKPOINTS) if (self.root / n).exists()]
@@ -87,8 +147,13 @@ class RunDir:
             return False
         try:
             found = json.loads(config.read_text(encoding="utf-8")).get("run_id")
-        except (OSError, ValueError, AttributeError):
-            found = None
+            if not isinstance(found, str):
+                raise ValueError(f"run_id is {found!r}")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise SpecError(
+                f"out: {str(config)!r} is damaged ({_reason(exc)}); expected the config.json "
+                f"of run {self.run_id!r} (move the directory aside to start over)"
+            ) from None
         if found != self.run_id:
             raise SpecError(
                 f"out: got {str(self.root)!r}, which holds run {found!r}, expected a new "
@@ -103,7 +168,7 @@ class RunDir:
 
     def start(self, config: dict[str, Any]) -> None:
         """Create the directory and write ``config.json`` (with ``run_id``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_out_dir(self.root)
         atomic_write_json(self.root / CONFIG, {**config, "run_id": self.run_id})
 
     def read_summary(self) -> dict[str, Any] | None:

@@ -62,6 +62,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_device(name: str) -> torch.device:
+    """The device, once this torch build and machine can train on it."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = ("this torch build has no CUDA" if torch.version.cuda is None
+                   else "no CUDA device is visible")
+            raise SpecError(f"device: got {name!r}, expected 'cpu' ({why})")
+        if device.index is not None and device.index >= count:
+            raise SpecError(f"device: got {name!r}, expected cuda:0..cuda:{count - 1}")
+    return device
+
+
 def _to_device(data: TaskData, device: torch.device) -> TaskData:
     if device.type == "cpu":
         return data
@@ -106,7 +120,7 @@ def prepare(config: TrainConfig, out_dir: str | Path | None, resume: bool) -> Se
             holding another run (or this one, without ``resume``).
     """
     task = get_task(config.task, config.data_dir)
-    device = torch.device(config.device)
+    device = _check_device(config.device)
     data = _to_device(task.load_data(config.data_dir), device)
     plan = plan_run(len(data.x_train), config.batch_size, config.steps, config.epochs,
                     task.default_batch_size, task.default_steps)
