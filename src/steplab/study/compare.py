@@ -278,12 +278,16 @@ def run_study(
         A :class:`StudyResult` with the paths of the report files.
 
     Raises:
-        SpecError: an unknown optimizer or task, a bad executor, or ``out``
-            holding another study.
+        SpecError: an unknown optimizer or task, a bad executor, an ``address``
+            without the ray executor, or ``out`` holding another study.
     """
     from steplab.study.report_writers import write_reports
 
     start = time.perf_counter()
+    if address is not None and (executor != "ray" or not address.strip()):
+        raise SpecError(f"address: got {address!r} with executor {executor!r}; expected a "
+                        "Ray address ('auto', 'host:port', 'ray://host:port') only with "
+                        "executor 'ray'")
     check_names(spec)
     tasks = shipped_tasks(spec)  # before the output directory exists: a bad task costs nothing
     out = Path(out)

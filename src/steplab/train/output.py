@@ -120,6 +120,8 @@ class RunDir:
     """
 
     def __init__(self, root: str | os.PathLike[str], run_id: str) -> None:
+        if not str(root).strip():  # Path("") would quietly mean the working directory
+            raise SpecError(f"out: got {str(root)!r}, expected a directory path")
         self.root = Path(root)
         self.run_id = run_id
         self._metrics: IO[str] | None = None
