@@ -109,3 +109,43 @@ def test_metrics_are_mean_loss_and_accuracy_fraction() -> None:
     assert metrics["loss"] == pytest.approx(float(task.loss(out, y).detach()), rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
     assert model.training  # metrics restore the mode they found
+
+
+def test_shifted_test_set_is_the_generator_with_stronger_noise_and_new_draws() -> None:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    from steplab.tasks.mnist1d import SHIFT_ARGS, mnist1d_arrays, mnist1d_shift_arrays
+
+    defaults = vars(get_dataset_args())
+    # exactly these knobs change: noise x2 (correlated) and x5 (i.i.d.), a new seed, 1000 rows
+    assert {k: v for k, v in SHIFT_ARGS.items() if defaults[k] != v} == SHIFT_ARGS
+    assert SHIFT_ARGS["corr_noise_scale"] == 2 * defaults["corr_noise_scale"]
+    assert SHIFT_ARGS["iid_noise_scale"] == pytest.approx(5 * defaults["iid_noise_scale"])
+    shift, clean = mnist1d_shift_arrays(), mnist1d_arrays()
+    args = get_dataset_args()
+    for key, value in SHIFT_ARGS.items():
+        setattr(args, key, value)
+    state = np.random.get_state()
+    expected = make_dataset(args)
+    np.random.set_state(state)
+    np.testing.assert_array_equal(shift["x_test"], np.asarray(expected["x_test"], np.float32))
+    np.testing.assert_array_equal(shift["y_test"], expected["y_test"])
+    assert shift["x_test"].shape == (1000, 40)
+    assert np.bincount(shift["y_test"]).tolist() == [100] * 10
+
+    # stronger corruption: rougher signals (larger mean absolute step between neighbours)
+    def roughness(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x, axis=1)).mean())
+
+    assert roughness(shift["x_test"]) > 1.3 * roughness(clean["x_test"])
+
+
+def test_classifier_runs_report_accuracy_under_shift(tmp_path: Path) -> None:
+    from steplab.train import TrainConfig, fit
+
+    summary = fit(TrainConfig(task="mnist1d-logreg", steps=50), tmp_path, progress=False).summary
+    metrics = summary["metrics"]
+    assert {"test_shift_accuracy", "test_shift_nll", "test_shift_ece", "test_nll"} <= set(metrics)
+    assert "val_shift_accuracy" not in metrics  # shift is a test-time measure only
+    # Adam: exp_avg + exp_avg_sq (410 float32 each) and a float32 step count per tensor
+    assert summary["peak_state_bytes"] == 2 * 410 * 4 + 2 * 4

@@ -15,6 +15,7 @@ SUMMARY_KEYS = {
     "status", "run_id", "steps", "metrics", "best_metrics", "target", "target_step",
     "target_time", "wall_time", "steps_per_s", "step_time_ms", "nonfinite_skipped",
     "state_bytes_per_param", "n_params", "final_params_sha256", "torch_version", "stop_reason",
+    "peak_state_bytes", "data",
 }
 
 

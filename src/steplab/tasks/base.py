@@ -10,7 +10,7 @@ user tasks may reuse it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from steplab.errors import SpecError
+from steplab.tasks.calibration import classification_scores
 
 __all__ = [
     "ClassificationTask",
@@ -29,6 +30,8 @@ __all__ = [
     "split_validation",
 ]
 
+#: normalisation layers init_from_generator sets to the identity
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 #: rows per forward pass when a metric runs over a whole split (bounds memory)
 EVAL_CHUNK = 1000
 
@@ -82,6 +85,11 @@ class TaskData:
 
     The validation split is carved from the training data with a fixed seed
     (:func:`split_validation`); hyperparameters are chosen on it, never on test.
+    ``meta`` describes where the data came from as JSON values (e.g. a corpus
+    hash); the loop copies it into ``summary.json`` as ``data``.
+    ``x_shift``/``y_shift``, when a task has them, are a test set drawn under
+    input shift (stronger corruption than training saw); the loop reports the
+    task's metrics on it as ``test_shift_<metric>`` whenever it evaluates test.
 
     Raises:
         SpecError: a split whose x and y disagree in length.
@@ -99,9 +107,16 @@ class TaskData:
     y_val: Tensor
     x_test: Tensor
     y_test: Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    x_shift: Tensor | None = None
+    y_shift: Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "val", "test"):
+        if (self.x_shift is None) != (self.y_shift is None):
+            raise SpecError("x_shift/y_shift: got one without the other, expected both or neither")
+        splits = ("train", "val", "test", "shift") if self.x_shift is not None else (
+            "train", "val", "test")
+        for split in splits:
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if len(x) != len(y):
                 raise SpecError(
@@ -212,8 +227,10 @@ def init_from_generator(module: nn.Module, generator: torch.Generator) -> nn.Mod
 
     Uses PyTorch's default scheme (weights and biases uniform in
     ``±1/sqrt(fan_in)``), so models match ``nn.Linear``'s own statistics while
-    no global random state is read. Build the module on the ``meta`` device
-    first to skip torch's own (global-RNG) initialisation.
+    no global random state is read. BatchNorm, LayerNorm and GroupNorm start
+    as the identity (weight 1, bias 0, fresh running statistics). Build the
+    module on the ``meta`` device first to skip torch's own (global-RNG)
+    initialisation.
 
     Raises:
         SpecError: the module holds a parameter of another layer type.
@@ -227,6 +244,14 @@ def init_from_generator(module: nn.Module, generator: torch.Generator) -> nn.Mod
     module.to_empty(device="cpu")
     seen: set[int] = set()
     for layer in module.modules():
+        if isinstance(layer, _NORMS):
+            with torch.no_grad():  # normalisation layers start as the identity map
+                for param, value in ((layer.weight, 1.0), (layer.bias, 0.0)):
+                    if param is not None:
+                        param.fill_(value)
+                        seen.add(id(param))
+            if isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
+                layer.reset_running_stats()  # to_empty left the buffers uninitialised
         if isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d):
             fan_in = layer.weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)
@@ -255,7 +280,8 @@ class ClassificationTask:
     (tests check it against ``load_data``).
 
     Loss is cross-entropy (mean over the batch); metrics are
-    ``{"loss", "accuracy"}`` with accuracy a fraction in ``[0, 1]``.
+    ``{"loss", "accuracy", "nll", "ece"}`` with accuracy a fraction in
+    ``[0, 1]`` (see :meth:`metrics`).
     """
 
     name: str = ""
@@ -278,19 +304,28 @@ class ClassificationTask:
         return F.cross_entropy(output.float(), target)
 
     def metrics(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
-        """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in chunks."""
+        """Loss, accuracy, NLL and ECE of ``model`` on ``(x, y)``, forward in chunks.
+
+        ``loss`` is the mean cross-entropy (float32), ``nll`` the same in float64
+        from the softmax (they differ only for a subclass with another loss),
+        ``ece`` the expected calibration error over 15 equal-mass bins
+        (:mod:`steplab.tasks.calibration`).
+        """
         was_training = model.training
         model.eval()
-        total_loss, correct = 0.0, 0
+        total_loss, logits = 0.0, []
         with torch.no_grad():
             for start in range(0, len(x), EVAL_CHUNK):
                 out = model(x[start : start + EVAL_CHUNK]).float()
-                yy = y[start : start + EVAL_CHUNK]
-                total_loss += float(F.cross_entropy(out, yy, reduction="sum"))
-                correct += int((out.argmax(dim=-1) == yy).sum())
+                total_loss += float(F.cross_entropy(out, y[start : start + EVAL_CHUNK],
+                                                    reduction="sum"))
+                logits.append(out)
         model.train(was_training)
         n = max(len(x), 1)
-        return {"loss": total_loss / n, "accuracy": correct / n}
+        if not logits:
+            return {"loss": 0.0, "accuracy": 0.0, "nll": 0.0, "ece": 0.0}
+        scores = classification_scores(torch.cat(logits), y)
+        return {"loss": total_loss / n, **scores}
 
     def info(self) -> dict[str, Any]:
         """Name, description, sizes, n_params, target and defaults (no data loaded)."""

@@ -9,6 +9,15 @@ seconds, so the arrays are cached as ``.npz`` under the cache directory
 ``allow_pickle=False``. 10% of the 4000 training rows (seeded) become the
 validation split: 3600 / 400 / 1000.
 
+A **shifted test set** (``TaskData.x_shift``, reported as
+``test_shift_<metric>``) measures accuracy under input shift: 1000 new
+examples from the same generator with stronger corruption, namely the
+defaults changed in exactly :data:`SHIFT_ARGS`: correlated noise scale 0.25 →
+0.5 (x2), i.i.d. noise scale 0.02 → 0.1 (x5), and seed 42 → 1042 (fresh draws).
+As every MNIST-1D set, it is standardised by its own mean and std (the
+generator's ``make_dataset`` does this), so the added noise also lowers the
+signal's share of each input. It is cached like the clean data.
+
 The models follow the MNIST-1D repository's ``notebooks/models.py``:
 
 - logistic regression: one linear layer 40 → 10 (410 parameters);
@@ -45,9 +54,21 @@ from torch import Tensor, nn
 from steplab.tasks.base import ClassificationTask, Target, TaskData, init_from_generator
 from steplab.tasks.base import split_validation as _split
 
-__all__ = ["MNIST1D_TASKS", "Mnist1dTask", "cache_dir", "mnist1d_arrays"]
+__all__ = [
+    "MNIST1D_TASKS", "SHIFT_ARGS", "Mnist1dTask", "cache_dir", "mnist1d_arrays",
+    "mnist1d_shift_arrays",
+]
 
 _KEYS = ("x", "y", "x_test", "y_test")
+#: the generator arguments of the shifted test set that differ from the defaults
+SHIFT_ARGS: dict[str, Any] = {
+    "corr_noise_scale": 0.5, "iid_noise_scale": 0.1, "seed": 1042,
+    "num_samples": 1000, "train_split": 0.0,
+}
+_SHAPES = {
+    "clean": {"x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,)},
+    "shift": {"x": (0, 40), "y": (0,), "x_test": (1000, 40), "y_test": (1000,)},
+}
 _MEMO: dict[str, dict[str, np.ndarray]] = {}
 
 
@@ -59,13 +80,15 @@ def cache_dir() -> Path:
     return Path(base) / "steplab"
 
 
-def _dataset_args() -> tuple[Any, str]:
-    """The generator's default arguments and a short hash naming the cache file."""
+def _dataset_args(changes: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """The generator's defaults (with ``changes``) and a short hash naming the cache file."""
     from importlib.metadata import version
 
     from mnist1d.data import get_dataset_args
 
     args = get_dataset_args()
+    for name, value in (changes or {}).items():
+        setattr(args, name, value)
     public = {k: v for k, v in vars(args).items() if k != "url"}
     public["mnist1d_version"] = version("mnist1d")  # a new generator gets a new file
     key = hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:12]
@@ -90,15 +113,14 @@ def _generate(args: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+def _read_cache(path: Path, kind: str = "clean") -> dict[str, np.ndarray] | None:
     """The cached arrays, or ``None`` when absent or unreadable (then regenerate)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in _KEYS}
     except (OSError, KeyError, ValueError):
         return None
-    expected = {"x": (4000, 40), "y": (4000,), "x_test": (1000, 40), "y_test": (1000,)}
-    for key, shape in expected.items():
+    for key, shape in _SHAPES[kind].items():
         kind = "f" if key.startswith("x") else "i"
         if arrays[key].shape != shape or arrays[key].dtype.kind != kind:
             return None
@@ -133,10 +155,25 @@ def mnist1d_arrays() -> dict[str, np.ndarray]:
     Cached in memory and on disk (see the module docstring). The arrays are
     the same on every call and machine for the same ``mnist1d`` and NumPy.
     """
-    args, key = _dataset_args()
-    path = cache_dir() / f"mnist1d-{key}.npz"
+    return _cached("clean", None)
+
+
+def mnist1d_shift_arrays() -> dict[str, np.ndarray]:
+    """The shifted test set (see the module docstring): keys ``x_test, y_test`` (1000 rows).
+
+    Made by the generator with the defaults changed by :data:`SHIFT_ARGS`;
+    cached like :func:`mnist1d_arrays`.
+    """
+    arrays = _cached("shift", SHIFT_ARGS)
+    return {"x_test": arrays["x_test"], "y_test": arrays["y_test"]}
+
+
+def _cached(kind: str, changes: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    args, key = _dataset_args(changes)
+    name = "mnist1d" if kind == "clean" else f"mnist1d-{kind}"
+    path = cache_dir() / f"{name}-{key}.npz"
     if str(path) not in _MEMO:
-        arrays = _read_cache(path)
+        arrays = _read_cache(path, kind)
         if arrays is None:
             arrays = _generate(args)
             _write_cache(path, arrays)
@@ -214,7 +251,10 @@ class Mnist1dTask(ClassificationTask):
         x, y = torch.tensor(arr["x"]), torch.tensor(arr["y"])
         x_train, y_train, x_val, y_val = _split(x, y, fraction=0.1, seed=0)
         x_test, y_test = torch.tensor(arr["x_test"]), torch.tensor(arr["y_test"])
-        return TaskData(x_train, y_train, x_val, y_val, x_test, y_test)
+        shift = mnist1d_shift_arrays()
+        return TaskData(x_train, y_train, x_val, y_val, x_test, y_test,
+                        x_shift=torch.tensor(shift["x_test"]),
+                        y_shift=torch.tensor(shift["y_test"]))
 
     def build_model(self, generator: torch.Generator) -> nn.Module:
         """The paper's model for this task, initialised from ``generator``."""

@@ -20,7 +20,9 @@ from steplab.tasks.base import Target, Task
 from steplab.tasks.digits import DigitsTask
 from steplab.tasks.functions import FUNCTION_TASKS, FunctionTask
 from steplab.tasks.images import Cifar10Task, MnistTask
+from steplab.tasks.lm import LM_SIZES, ByteLMTask
 from steplab.tasks.mnist1d import MNIST1D_TASKS, Mnist1dTask
+from steplab.tasks.resnet import Cifar10ResNet18Task
 
 __all__ = ["describe_tasks", "get_task", "list_tasks", "register_task"]
 
@@ -62,6 +64,9 @@ _REGISTRY: dict[str, _Factory] = {
     "beale": _function("beale"),
     "mnist": lambda data_dir: MnistTask(data_dir),
     "cifar10": lambda data_dir: Cifar10Task(data_dir),
+    "cifar10-resnet18": lambda data_dir: Cifar10ResNet18Task(data_dir),
+    "byte-lm": lambda data_dir: ByteLMTask("byte-lm", LM_SIZES["byte-lm"], data_dir),
+    "byte-lm-gpu": lambda data_dir: ByteLMTask("byte-lm-gpu", LM_SIZES["byte-lm-gpu"], data_dir),
 }
 
 

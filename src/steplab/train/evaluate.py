@@ -31,6 +31,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Return ``{"<split>_<metric>": value}`` for each split, on slow weights for Lookahead.
 
+    With ``"test"`` among the splits and a shifted test set in ``data``
+    (``x_shift``), its metrics are added as ``test_shift_<metric>``.
+
     Example:
         >>> import torch
         >>> from steplab.tasks import get_task
@@ -38,7 +41,7 @@ def evaluate(
         >>> model = task.build_model(torch.Generator().manual_seed(0))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> sorted(evaluate(task, model, opt, data, ("val",)))
-        ['val_accuracy', 'val_loss']
+        ['val_accuracy', 'val_ece', 'val_loss', 'val_nll']
     """
     swap = optimizer.slow_weights() if isinstance(optimizer, Lookahead) else None
     was_training = model.training
@@ -49,6 +52,9 @@ def evaluate(
             x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
             for name, value in task.metrics(model, x, y).items():
                 out[f"{split}_{name}"] = float(value)
+            if split == "test" and data.x_shift is not None and data.y_shift is not None:
+                for name, value in task.metrics(model, data.x_shift, data.y_shift).items():
+                    out[f"test_shift_{name}"] = float(value)
     model.train(was_training)
     return out
 

@@ -122,14 +122,21 @@ class DivergenceWatch:
         self.skipped = int(state["skipped"])
 
 
+#: name endings of metrics where lower is better: losses, distances, errors, bits per
+#: byte, negative log-likelihood, calibration error, times and memory
+LOWER_IS_BETTER: tuple[str, ...] = (
+    "loss", "distance", "error", "bpb", "nll", "ece", "_ms", "_bytes",
+)
+
+
 def metric_mode(name: str) -> str:
-    """``"min"`` for losses, distances and errors, else ``"max"``.
+    """``"min"`` for metrics where lower is better (:data:`LOWER_IS_BETTER`), else ``"max"``.
 
     Example:
-        >>> metric_mode("val_loss"), metric_mode("val_accuracy")
-        ('min', 'max')
+        >>> metric_mode("val_loss"), metric_mode("val_accuracy"), metric_mode("test_bpb")
+        ('min', 'max', 'min')
     """
-    return "min" if name.endswith(("loss", "distance", "error")) else "max"
+    return "min" if name.endswith(LOWER_IS_BETTER) else "max"
 
 
 @dataclass

@@ -36,7 +36,7 @@ from steplab.train.monitor import UpdateProbe, layer_grad_norms
 from steplab.train.output import to_json_value
 from steplab.train.progress import NoProgress, ProgressBar
 from steplab.train.session import Session, prepare
-from steplab.train.summary import build_summary
+from steplab.train.summary import build_summary, state_bytes
 
 __all__ = ["Report", "RunResult", "fit"]
 
@@ -82,6 +82,7 @@ class _Loop:
         self.step, self.base_time, self.eval_time = 0, 0.0, 0.0
         self.loss_sum, self.loss_count, self.train_loss = 0.0, 0, float("nan")
         self.step_times: list[float] = []
+        self.peak_state = 0  # most optimizer-state bytes seen at a log step or the end
         self.stats: dict[str, Any] = {}
         self.reason: str | None = None
         self.report_error: Exception | None = None
@@ -106,6 +107,7 @@ class _Loop:
             "book": self.book.state_dict(), "train_time": self.train_time(),
             "loss_sum": self.loss_sum, "loss_count": self.loss_count,
             "train_loss": self.train_loss, "run_id": self.cfg.run_id,
+            "peak_state_bytes": self.peak_state,
         })
         return state
 
@@ -127,6 +129,7 @@ class _Loop:
             self.base_time = float(extra["train_time"])
             self.loss_sum, self.loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
             self.train_loss = float("nan") if extra["train_loss"] is None else extra["train_loss"]
+            self.peak_state = int(extra.get("peak_state_bytes", 0))
         if s.run_dir is not None:
             s.run_dir.open_metrics(keep_until=self.step)
             cfg = self.cfg
@@ -251,6 +254,7 @@ class _Loop:
                 self.train_loss = self.loss_sum / self.loss_count
             self.loss_sum, self.loss_count = 0.0, 0
             lr = float(self.s.optimizer.param_groups[0]["lr"])
+            self.peak_state = max(self.peak_state, state_bytes(self.s.optimizer))
             row |= {"train_loss": self.train_loss, "lr": lr, **self.stats}
             self.stats = {}
             if self.s.task.trajectory:
@@ -324,6 +328,7 @@ class _Loop:
             self.write_row({"step": self.step, "wall_time": self.train_time(), **metrics})
         if self.loss_count:
             self.train_loss = self.loss_sum / self.loss_count
+        self.peak_state = max(self.peak_state, state_bytes(self.s.optimizer))
         summary = build_summary(self, status)
         if self.s.run_dir is not None:
             self.s.run_dir.write_summary(summary)

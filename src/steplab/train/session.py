@@ -79,7 +79,11 @@ def _check_device(name: str) -> torch.device:
 def _to_device(data: TaskData, device: torch.device) -> TaskData:
     if device.type == "cpu":
         return data
-    moved = {f.name: getattr(data, f.name).to(device) for f in dataclasses.fields(data)}
+    moved = {
+        f.name: getattr(data, f.name).to(device)
+        for f in dataclasses.fields(data)
+        if isinstance(getattr(data, f.name), torch.Tensor)
+    }
     return dataclasses.replace(data, **moved)
 
 

@@ -5,8 +5,12 @@ evaluation metrics), ``best_metrics``, ``target``, ``target_step``,
 ``target_time``, ``wall_time`` (training seconds, evaluation excluded),
 ``steps_per_s``, ``step_time_ms`` (median forward+backward+step time of the
 steps this process ran), ``nonfinite_skipped``, ``state_bytes_per_param``,
-``n_params``, ``final_params_sha256``, ``torch_version``, and ``stop_reason``
-(why a diverged run ended, else None).
+``peak_state_bytes`` (the most bytes of optimizer-state tensors held, checked
+at every log step and at the end),
+``n_params``, ``final_params_sha256``, ``torch_version``, ``stop_reason``
+(why a diverged run ended, else None), and ``data`` (the task's
+``TaskData.meta``: where the data came from, e.g. the LM corpus's SHA-256;
+``{}`` for tasks that say nothing).
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ def build_summary(loop: _Loop, status: str) -> dict[str, Any]:
         "step_time_ms": statistics.median(loop.step_times) * 1e3 if loop.step_times else None,
         "nonfinite_skipped": loop.watch.skipped,
         "state_bytes_per_param": state_bytes(s.optimizer) / max(n_params, 1),
+        "peak_state_bytes": loop.peak_state,
         "n_params": n_params,
         "final_params_sha256": params_sha256(s.model),
         "torch_version": torch.__version__,
         "stop_reason": loop.reason,
+        "data": dict(s.data.meta),
     }
