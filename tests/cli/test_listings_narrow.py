@@ -64,7 +64,8 @@ def test_json_listings_are_complete() -> None:
     tasks = json.loads(_printed(["tasks", "--json"]))
     assert tasks == json.loads(json.dumps(describe_tasks()))
     optimizers = json.loads(_printed(["optimizers", "--json"]))
-    assert optimizers == json.loads(json.dumps([o.to_dict() for o in OPTIMIZERS.values()]))
+    expected = json.loads(json.dumps([o.to_dict() for o in OPTIMIZERS.values()]))
+    assert [{k: v for k, v in o.items() if k != "cpu_path"} for o in optimizers] == expected
 
 
 def test_piped_through_a_real_pipe_is_readable() -> None:

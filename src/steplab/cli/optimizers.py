@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from steplab.cli.layout import print_listing
 from steplab.errors import SpecError
