@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from steplab.errors import SpecError
@@ -67,6 +68,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "--state-every")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard event files into --out (only with --out)")
+    p.add_argument("--parallel", default="ddp", choices=("ddp", "zero", "fsdp"),
+                   help="with several processes: DistributedDataParallel, ZeRO (sharded "
+                   "optimizer state) or FSDP2 (sharded parameters); --batch-size stays global")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -83,6 +87,9 @@ def add_parser(subparsers: Any) -> None:
                    help="continue the run in --out from its latest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (torch's launcher, gloo on CPU, nccl on "
+                   "CUDA); only rank 0 writes files and prints")
     p.set_defaults(func=run)
 
 
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from steplab.train import TrainConfig, fit
+    from steplab.train.launch import launch, launched
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     fields = {k: v for k, v in vars(args).items() if k in names}
@@ -98,12 +106,35 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**fields)
     except TypeError as exc:  # pragma: no cover - argparse and TrainConfig agree
         raise SpecError(f"train options: {exc}") from None
+    if args.nproc > 1 and not launched():
+        launch(_worker_args(args), args.nproc)
+        return 0
     result = fit(config, args.out, resume=args.resume, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # rank 0 prints for the run
+        return 0
     if args.json:
         print(json.dumps(result.summary, indent=2, sort_keys=True))
     else:
         _print_summary(result.summary)
     return 0
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The ``steplab train`` options each launched process gets: these, minus ``--nproc``."""
+    out: list[str] = []
+    for key, value in vars(args).items():
+        if key in ("command", "func", "version", "nproc") or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "monitor":
+            out += [] if value else ["--no-monitor"]
+        elif key == "tensorboard":
+            out.append(flag if value else "--no-tensorboard")
+        elif isinstance(value, bool):
+            out += [flag] if value else []
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

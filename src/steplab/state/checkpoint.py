@@ -52,6 +52,7 @@ from steplab.state.named import (
     named_state_dict,
 )
 from steplab.state.names import canonical_module, clean_name
+from steplab.state.ranks import barrier, consolidate, gather_rng, process_group, rank_rng
 from steplab.state.rng import capture_rng
 from steplab.state.rng import restore_rng as _restore_rng
 from steplab.state.tensorfile import DTYPE_NAMES, read_tensors, write_tensors
@@ -150,6 +151,23 @@ def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None, schedul
     return tensors, body
 
 
+def collect_for_save(optimizer: torch.optim.Optimizer | None, rng: bool
+                     ) -> tuple[bool, list[dict[str, Any]] | None]:
+    """The collective part of a save in a process group (nothing without one).
+
+    Returns:
+        ``(writes, rng_ranks)``: whether this process writes the files (rank 0,
+        or the only process), and every rank's RNG states when saving them
+        from a process group.
+    """
+    group = process_group()
+    if group is None:
+        return True, None
+    rng_ranks = gather_rng() if rng else None
+    consolidate(optimizer)
+    return group[0] == 0, rng_ranks
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -242,6 +260,12 @@ def save(path: str | os.PathLike[str], *, model: nn.Module,
             background thread and return a :class:`PendingSave` at once (at most
             one such save in flight; the next one waits for it).
 
+    In a torch.distributed process group of several processes this is a
+    collective (see :mod:`steplab.state.ranks`): every rank calls it with the
+    same path, every rank's RNG states are saved, rank 0 alone writes, and
+    the other ranks return ``path`` once it is committed (queued, for
+    ``blocking=False``).
+
     Returns:
         The checkpoint path, or a :class:`PendingSave` whose ``wait()`` returns it.
 
@@ -252,11 +276,21 @@ def save(path: str | os.PathLike[str], *, model: nn.Module,
     target = Path(path)
     _check_target(target)
     _WRITER.wait()  # at most one save in flight
+    writer, rng_ranks = collect_for_save(optimizer, rng)
+    if not writer:  # another rank writes: wait until it has committed
+        barrier()
+        return target
     tensors, body = _snapshot(model, optimizer, scheduler, scaler, step, rng, extra,
                               stage=not blocking)
+    if rng_ranks is not None:
+        body["rng_ranks"] = rng_ranks
     if blocking:
-        return _commit(target, tensors, body)
-    return _WRITER.submit(lambda: _commit(target, tensors, body))
+        committed = _commit(target, tensors, body)
+        barrier()
+        return committed
+    pending = _WRITER.submit(lambda: _commit(target, tensors, body))
+    barrier()
+    return pending
 
 
 @dataclass(frozen=True)
@@ -343,7 +377,8 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
         optimizer, scheduler, scaler: restored when given (the checkpoint must hold them).
         map_location: device to stage the read tensors on before they are copied in.
         restore_rng: also restore the Python, NumPy and torch RNG states the
-            checkpoint saved (False: leave the process's random streams alone).
+            checkpoint saved (False: leave the process's random streams alone); in a
+            process group each rank gets its own, none when the world size changed.
         verify: check every tensor's checksum (CRC-32; SHA-256 in format 1
             checkpoints) against the manifest.
         strict: any missing, unexpected or shape-mismatched name is an error;
@@ -391,8 +426,8 @@ def load(path: str | os.PathLike[str], *, model: nn.Module,
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise CheckpointError(f"{name}: state rejected ({exc})") from None
             restored.append(name)
-    if restore_rng and manifest.get("rng") is not None:
-        _restore_rng(manifest["rng"])
+    if restore_rng and (mine := rank_rng(manifest)) is not None:
+        _restore_rng(mine)  # under a process group: this rank's own streams
         restored.append("rng")
     if not strict and (fit.missing or fit.unexpected or fit.mismatched):
         _warn_skipped(fit)

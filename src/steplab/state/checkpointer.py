@@ -37,8 +37,15 @@ from typing import Any
 import torch
 
 from steplab.errors import CheckpointError, SpecError
-from steplab.state.checkpoint import _check_target, _commit, _snapshot, remove_tree
+from steplab.state.checkpoint import (
+    _check_target,
+    _commit,
+    _snapshot,
+    collect_for_save,
+    remove_tree,
+)
 from steplab.state.manifest import MANIFEST, open_checkpoint
+from steplab.state.ranks import barrier
 from steplab.state.tensorfile import verify_tensors
 from steplab.state.writer import BackgroundWriter
 
@@ -108,8 +115,14 @@ class Checkpointer:
             _check_target(target)
         except CheckpointError as exc:  # our own step directory, damaged: keep it, out of the way
             self._set_aside(target, str(exc))
-        tensors, body = _snapshot(step=step, stage=not blocking, pool=self._staging,
-                                  **_save_args(save_kwargs))
+        args = _save_args(save_kwargs)
+        writes, rng_ranks = collect_for_save(args.get("optimizer"), args.get("rng", True))
+        if not writes:  # in a process group rank 0 writes; the others wait for it
+            barrier()
+            return target
+        tensors, body = _snapshot(step=step, stage=not blocking, pool=self._staging, **args)
+        if rng_ranks is not None:
+            body["rng_ranks"] = rng_ranks
 
         def job() -> Path:
             path = _commit(target, tensors, body)
@@ -117,8 +130,10 @@ class Checkpointer:
             return path
 
         if blocking:
-            return job()
-        self._writer.submit(job)
+            job()
+        else:
+            self._writer.submit(job)
+        barrier()
         return target
 
     def wait(self) -> Path | None:

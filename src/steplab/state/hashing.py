@@ -102,7 +102,10 @@ def params_sha256(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for _, param in model.named_parameters():
-        digest.update(tensor_bytes(param.detach().cpu()))
+        value = param.detach()
+        if hasattr(value, "full_tensor"):  # an FSDP2 DTensor: gathered (a collective)
+            value = value.full_tensor()
+        digest.update(tensor_bytes(value.cpu()))
     return digest.hexdigest()
 
 

@@ -30,6 +30,8 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 #: fields that change only what is observed, not the trained weights (not hashed into run_id)
 OBSERVATION_FIELDS: frozenset[str] = frozenset({"state_every", "histogram_every", "tensorboard"})
+#: fields that change how the work is spread over processes, not the run (not in run_id)
+EXECUTION_FIELDS: frozenset[str] = frozenset({"parallel"})
 
 BatchSize = int | Literal["full"] | None
 
@@ -97,6 +99,10 @@ class TrainConfig:
             (None: only at evaluations).
         target_value: replaces the task target's value (its metric and
             direction stay) for ``target_step`` (None: the task's own).
+        parallel: under several processes (``steplab train --nproc N`` or
+            torchrun), how model and optimizer are spread: ``"ddp"``,
+            ``"zero"`` or ``"fsdp"`` (see :mod:`steplab.train.distributed`);
+            not part of ``run_id``. ``batch_size`` stays the global batch.
 
     ``state_every``, ``histogram_every`` and ``tensorboard`` only change what is
     observed, never the trained weights, so they are not part of ``run_id``.
@@ -146,6 +152,7 @@ class TrainConfig:
     tensorboard: bool = True
     target_every: int | None = None
     target_value: float | None = None
+    parallel: str = "ddp"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
@@ -215,6 +222,8 @@ class TrainConfig:
             raise _bad(
                 "precision", self.precision, "'fp32' or 'bf16' on CPU (fp16 needs a CUDA device)"
             )
+        if self.parallel not in ("ddp", "zero", "fsdp"):
+            raise _bad("parallel", self.parallel, "one of ddp, zero, fsdp")
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise _bad("device", self.device, "'cpu' or 'cuda[:N]'")
         if not self.eval_splits or any(s not in EVAL_SPLITS for s in self.eval_splits):
@@ -232,6 +241,8 @@ class TrainConfig:
         """Return the config as a plain JSON-ready dict (``eval_splits`` as a list)."""
         out = dataclasses.asdict(self)
         out["eval_splits"] = list(self.eval_splits)
+        if out["parallel"] == "ddp":  # absent when default: old config.json files stay equal
+            del out["parallel"]
         for optional in ("target_every", "target_value"):  # absent when unset: run ids stay
             if out[optional] is None:
                 del out[optional]
@@ -257,7 +268,8 @@ class TrainConfig:
 
         Fields in ``OBSERVATION_FIELDS`` are left out: they do not change the result.
         """
-        identity = {k: v for k, v in self.to_dict().items() if k not in OBSERVATION_FIELDS}
+        skipped = OBSERVATION_FIELDS | EXECUTION_FIELDS
+        identity = {k: v for k, v in self.to_dict().items() if k not in skipped}
         return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
     @property

@@ -28,8 +28,12 @@ from torch import nn
 
 from steplab import checkpoint
 from steplab.observe import RunWatch
+from steplab.optim.lookahead_state import local_tensor
+from steplab.state.names import canonical_module
+from steplab.state.ranks import barrier
 from steplab.train.batches import BatchStream
 from steplab.train.config import TrainConfig
+from steplab.train.distributed import agree, all_true, announce, leave, shard
 from steplab.train.evaluate import EvalBook, evaluate
 from steplab.train.guards import DivergenceWatch, EarlyStopper, FiniteCheck
 from steplab.train.monitor import UpdateProbe, layer_grad_norms
@@ -66,6 +70,8 @@ class _Loop:
     def __init__(self, s: Session, progress: bool, report: Report | None) -> None:
         cfg = s.config
         self.s, self.cfg, self.report = s, cfg, report
+        self.world = s.world
+        self.writes = s.world is None or s.world.writes  # only rank 0 writes files
         self.watch = DivergenceWatch(cfg.on_nonfinite, cfg.divergence_factor)
         self.stopper = (
             EarlyStopper(cfg.early_stop_metric, cfg.patience or 5, cfg.min_delta)
@@ -130,9 +136,10 @@ class _Loop:
             self.loss_sum, self.loss_count = float(extra["loss_sum"]), int(extra["loss_count"])
             self.train_loss = float("nan") if extra["train_loss"] is None else extra["train_loss"]
             self.peak_state = int(extra.get("peak_state_bytes", 0))
-        if s.run_dir is not None:
+        if s.run_dir is not None and self.writes:
             s.run_dir.open_metrics(keep_until=self.step)
-            cfg = self.cfg
+        if s.run_dir is not None and self.writes and (s.world is None or s.world.parallel == "ddp"):
+            cfg = self.cfg  # state statistics need every parameter's state in this process
             self.observer = RunWatch(
                 s.optimizer, s.model, state_every=cfg.state_every if cfg.monitor else None,
                 histogram_every=cfg.histogram_every, clip_norm=cfg.clip_norm,
@@ -156,7 +163,7 @@ class _Loop:
             self.observer.before_step(self.step)
         with self.autocast():
             loss = s.task.loss(s.model(xb), yb)
-        value = loss.item()
+        value = agree(loss.item(), self.world)  # the global batch's loss, the same on all ranks
         verdict = self.watch.check_loss(value)
         if verdict == "ok":
             verdict = self.update(loss, log_now)
@@ -177,14 +184,17 @@ class _Loop:
         else:
             loss.backward()  # type: ignore[no-untyped-call]
         # statistics of the raw gradients (before clipping), at log steps only
-        layers = layer_grad_norms(s.names, s.params) if log_now and cfg.monitor else None
+        sharded = self.world is not None and self.world.parallel == "fsdp"
+        layers = (layer_grad_norms(s.names, s.params)
+                  if log_now and cfg.monitor and not sharded else None)
         if self.observer is not None:
             self.observer.observe_gradients()
         if cfg.clip_norm is not None:  # clipping computes the norm anyway: reuse it
             norm = torch.nn.utils.clip_grad_norm_(s.params, cfg.clip_norm, foreach=True)
             finite = bool(torch.isfinite(norm))
         else:
-            finite = self.finite([p.grad for p in s.params if p.grad is not None])
+            finite = self.finite([local_tensor(p.grad) for p in s.params if p.grad is not None])
+            finite = all_true(finite, self.world)  # FSDP: each rank sees its own shard
         if not finite:
             if scaler is not None:  # fp16 overflow: GradScaler lowers its scale, step skipped
                 scaler.update()
@@ -214,6 +224,10 @@ class _Loop:
         d = self.s.data
         while True:
             idx = self.batches.next()
+            if idx is None and self.world is not None:  # full batch: each rank its share
+                idx = torch.arange(len(d.x_train), device=d.x_train.device)
+            if idx is not None:
+                idx = shard(idx, self.world)  # this rank's share of the global batch
             yield (d.x_train, d.y_train) if idx is None else (d.x_train[idx], d.y_train[idx])
 
     def run(self, bar: NoProgress) -> str:
@@ -271,7 +285,7 @@ class _Loop:
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Append a row to ``metrics.jsonl`` and mirror it to TensorBoard."""
-        if self.s.run_dir is not None:
+        if self.s.run_dir is not None and self.writes:
             self.s.run_dir.log(row)
         if self.observer is not None:
             self.observer.log(row)
@@ -307,7 +321,7 @@ class _Loop:
         value = metrics.get(metric)
         if value is not None and self.book.target.met_by(value):
             self.book.target_step, self.book.target_time = self.step, self.train_time()
-            if self.s.run_dir is not None:
+            if self.s.run_dir is not None and self.writes:
                 self.s.run_dir.log({"step": self.step, "wall_time": self.train_time(),
                                     metric: value, "target_check": True})
 
@@ -330,7 +344,7 @@ class _Loop:
             self.train_loss = self.loss_sum / self.loss_count
         self.peak_state = max(self.peak_state, state_bytes(self.s.optimizer))
         summary = build_summary(self, status)
-        if self.s.run_dir is not None:
+        if self.s.run_dir is not None and self.writes:
             self.s.run_dir.write_summary(summary)
         return summary
 
@@ -375,13 +389,17 @@ def fit(
     s = prepare(cfg, out_dir, resume)
     root = s.run_dir.root if s.run_dir is not None else None
     if s.run_dir is not None and s.exists and (done := s.run_dir.read_summary()) is not None:
+        leave(s.world)
         return RunResult(done, root, None)
-    if s.run_dir is not None:
+    if s.run_dir is not None and (s.world is None or s.world.writes):
         s.run_dir.start(cfg.to_dict())
+    barrier()  # the run directory exists before any rank goes on
     loop = _Loop(s, progress, report)
     try:
         loop.restore()
-        bar = ProgressBar(s.plan.total_steps, loop.step, cfg.run_id) if progress else NoProgress()
+        announce(s.world, s.plan, s.optimizer, progress and loop.writes)
+        show = progress and loop.writes
+        bar = ProgressBar(s.plan.total_steps, loop.step, cfg.run_id) if show else NoProgress()
         with bar:
             try:
                 status = loop.run(bar)
@@ -398,4 +416,5 @@ def fit(
             loop.observer.close()
         if s.run_dir is not None:
             s.run_dir.close()
-    return RunResult(summary, root, s.model)
+        leave(s.world)
+    return RunResult(summary, root, canonical_module(s.model))

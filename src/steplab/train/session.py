@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from steplab.errors import SpecError
-from steplab.optim import create_optimizer, parse_spec
+from steplab.optim import parse_spec
+from steplab.state.names import canonical_module
 from steplab.tasks import Task, TaskData, get_task
 from steplab.train.batches import Plan, plan_run
 from steplab.train.config import TrainConfig
+from steplab.train.distributed import World, build_optimizer, check_batch, join, wrap_model
 from steplab.train.output import RunDir
 from steplab.train.schedules import build_scheduler
 
@@ -47,6 +49,7 @@ class Session:
     eval_every: int
     run_dir: RunDir | None
     exists: bool  # the run directory already holds this run (resume)
+    world: World | None = None  # None: one process
 
 
 def seed_everything(seed: int) -> None:
@@ -87,14 +90,15 @@ def _to_device(data: TaskData, device: torch.device) -> TaskData:
     return dataclasses.replace(data, **moved)
 
 
-def _build_optimizer(config: TrainConfig, task: Task, model: nn.Module) -> torch.optim.Optimizer:
+def _build_optimizer(config: TrainConfig, task: Task, model: nn.Module,
+                     world: World | None) -> torch.optim.Optimizer:
     spec = parse_spec(config.optimizer)
     overrides: dict[str, Any] = {}
     if config.lr is not None:
         overrides["lr"] = config.lr
     elif "lr" not in spec.innermost.kwargs and task.default_lr is not None:
         overrides["lr"] = task.default_lr
-    return create_optimizer(spec, model, **overrides)
+    return build_optimizer(spec, model, world, overrides)
 
 
 def _check_metric_names(config: TrainConfig, task: Task, model: nn.Module, data: TaskData) -> None:
@@ -125,13 +129,18 @@ def prepare(config: TrainConfig, out_dir: str | Path | None, resume: bool) -> Se
     """
     task = get_task(config.task, config.data_dir)
     device = _check_device(config.device)
+    world = join(config.parallel, device)
     data = _to_device(task.load_data(config.data_dir), device)
     plan = plan_run(len(data.x_train), config.batch_size, config.steps, config.epochs,
                     task.default_batch_size, task.default_steps)
+    check_batch(plan.batch_size, world)
     seed_everything(config.seed)
     model = task.build_model(torch.Generator().manual_seed(config.seed)).to(device)
-    named = list(model.named_parameters())
-    optimizer = _build_optimizer(config, task, model)
+    model = wrap_model(model, world)
+    named = list(canonical_module(model).named_parameters())
+    optimizer = _build_optimizer(config, task, model, world)
+    if world is not None:  # each rank its own dropout stream, all reproducible from the seed
+        seed_everything(config.seed + 7919 * world.rank)
     scheduler = build_scheduler(optimizer, config, plan.total_steps)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
     _check_metric_names(config, task, model, data)
@@ -141,4 +150,4 @@ def prepare(config: TrainConfig, out_dir: str | Path | None, resume: bool) -> Se
     exists = run_dir.check(resume) if run_dir is not None else False
     eval_every = config.eval_every or max(1, plan.total_steps // 10)
     return Session(config, task, data, plan, model, [n for n, _ in named], [p for _, p in named],
-                   optimizer, scheduler, scaler, eval_every, run_dir, exists)
+                   optimizer, scheduler, scaler, eval_every, run_dir, exists, world)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from steplab.optim import Lookahead
-from steplab.optim.lookahead_state import local_optimizer
+from steplab.optim.lookahead_state import local_optimizer, local_tensor
 from steplab.state import params_sha256
+from steplab.train.distributed import scale
 
 if TYPE_CHECKING:
     from steplab.train.loop import _Loop
@@ -42,7 +43,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     inner = optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
     buffers: list[dict[str, Any]] = list(local_optimizer(inner).state.values())
     return sum(
-        t.numel() * t.element_size()
+        local_tensor(t).numel() * t.element_size()  # FSDP2: this rank's shard
         for per_param in buffers
         for t in per_param.values()
         if isinstance(t, torch.Tensor)
@@ -74,4 +75,5 @@ def build_summary(loop: _Loop, status: str) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "stop_reason": loop.reason,
         "data": dict(s.data.meta),
+        **scale(s.world, s.plan, s.optimizer),
     }
