@@ -118,7 +118,7 @@ def rng_worker(rank: int, world: int, port: int, out: str) -> None:
     expected = torch.rand(4).tolist()  # what this rank draws after the save
     torch.manual_seed(99)  # scramble
     dist.barrier()
-    result = checkpoint.load(path, model=nn.Linear(3, 2))
+    result = checkpoint.load(path, model=nn.Linear(3, 2), restore_rng=True)
     again = torch.rand(4).tolist()
     facts = {"error": error, "expected": expected, "after_load": again,
              "restored": list(result.restored)}
