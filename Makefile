@@ -41,7 +41,7 @@ test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest -n 2 --timeout=900 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy --strict src
 
 bench: $(VENV)/.installed-test

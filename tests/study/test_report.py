@@ -275,3 +275,25 @@ def test_report_renders_in_headless_chromium_without_empty_or_cut_off_parts(
         if box["tag"] == "IMG":
             assert box["natural"] and box["natural"] > 0
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_steps_to_target_is_a_kaplan_meier_median_not_a_mean_of_the_lucky() -> None:
+    """Audit item 3: "550 (2/3)" averaged the seeds that reached it and looked like 3/3."""
+    from steplab.study.report_data import OptimizerRow
+    from steplab.study.stats import Interval
+
+    def row(hits: list[float]) -> OptimizerRow:
+        nan = Interval(math.nan, math.nan, math.nan, 0)
+        from steplab.study.verdicts import km_median
+
+        limits = [600.0] * len(hits)
+        return OptimizerRow(
+            "t", "o", 0.1, {}, ["completed"] * len(hits), list(range(len(hits))),
+            [0.8] * len(hits), nan, nan, hits, limits, hits, limits,
+            sum(math.isfinite(h) for h in hits), km_median(hits, limits),
+            km_median(hits, limits), nan, None, None, None,
+        )
+
+    assert table_cells(row([500.0, 600.0, math.inf]))["steps to target"] == "600 (2/3)"
+    assert table_cells(row([300.0, math.inf, math.inf]))["steps to target"] == ">= 600 (1/3)"
+    assert table_cells(row([200.0, 300.0, 400.0]))["steps to target"] == "300 (3/3)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,3 +143,41 @@ def test_performance_profiles_are_monotone_fractions(values: list[list[float]]) 
         assert all(b >= a for a, b in itertools.pairwise(rho))
     assert max(prof.scores.values()) <= 1.0 + 1e-9
     assert all(s >= 0.0 for s in prof.scores.values())
+
+
+def _run(step_hit: int | None, final: float) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    rows = [
+        {"step": s, "val_accuracy": (0.9 if step_hit is not None and s >= step_hit else 0.5)}
+        for s in (50, 100, 150, 200)
+    ]
+    rows[-1]["val_accuracy"] = final
+    summary = {"status": "completed", "metrics": {"val_accuracy": final}}
+    return {"lr": 0.1}, summary, rows
+
+
+def test_selection_criterion_is_selectable_and_never_reads_test() -> None:
+    runs = [_run(150, 0.95), _run(50, 0.91), _run(None, 0.97)]
+    configs = [(c, s) for c, s, _ in runs]
+    rows = [r for _, _, r in runs]
+    pick = {
+        criterion: select_best(configs, "val_accuracy", "max", criterion=criterion, rows=rows,
+                               target=0.8)[0]
+        for criterion in ("final", "steps_to_target", "auc")
+    }
+    assert pick == {"final": 2, "steps_to_target": 1, "auc": 1}
+
+
+def test_tuning_repeats_search_at_their_own_seeds_and_feed_final_seeds_in_turn() -> None:
+    from steplab.study.protocol import Group, search_configs, seed_configs
+    from steplab.study.spec import StudySpec
+
+    spec = StudySpec(tasks=("mnist1d-logreg",), optimizers=("adam",), budget=2,
+                     tuning_repeats=3, seeds=5, trajectories=())
+    configs = search_configs(spec, Group("mnist1d-logreg", "adam"))
+    assert [c["seed"] for c in configs] == [0, 0, 1, 1, 2, 2]
+    best = [{"lr": 0.1, "seed": 0}, None, {"lr": 0.3, "seed": 2}]
+    finals = seed_configs(best, 5)
+    # seed i uses the best of search i mod 3; a failed search gives no run for its seeds
+    assert [(c["seed"], c["lr"]) for c in finals] == [
+        (1000, 0.1), (1002, 0.3), (1003, 0.1)
+    ]
