@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -150,3 +151,28 @@ def test_the_starting_point_depends_on_what_is_given(tmp_path: Path) -> None:
     # other tasks: each task's own steps, batch size and target, not MNIST-1D's
     own = load_study_spec(None, tasks=("beale",))
     assert own.steps is None and own.batch_size is None and own.targets == ()
+
+
+def test_a_spec_with_claims_and_margins_round_trips_through_its_toml_file(tmp_path: Path) -> None:
+    spec = default_study_spec().replace(margins={"final": 0.02}, level=0.9, tuning_repeats=2)
+    path = tmp_path / "study.toml"
+    path.write_text(spec.to_toml())
+    again = load_study_spec(path)
+    assert again == spec and again.spec_hash == spec.spec_hash
+    assert dict(again.margins) == {"final": 0.02, "steps_to_target": 0.1}
+    assert len(again.claims) == 2
+
+
+@pytest.mark.parametrize(
+    ("claim", "needle"),
+    [
+        ({"optimizer": "a", "baseline": "b", "quantity": "speed", "at_least": 0.3}, "quantity"),
+        ({"optimizer": "a", "baseline": "b", "quantity": "final"}, "at_least nor at_most"),
+        ({"optimizer": "a", "baseline": "b", "quantity": "final", "at_least": 0.5,
+          "at_most": 0.1}, "at_least 0.5 > at_most"),
+        ({"optimizer": "a", "baseline": "b", "quantity": "final", "at_leest": 0.1}, "at_leest"),
+    ],
+)
+def test_a_bad_claim_is_one_clear_line(claim: dict[str, Any], needle: str) -> None:
+    with pytest.raises(SpecError, match=needle):
+        StudySpec(claims=(claim,))

@@ -1,8 +1,9 @@
 """The statistical fields of a study spec: claims, equivalence margins, selection, level.
 
-A claim in TOML (an array of tables, at the top level or under ``[study]``)::
+A claim in TOML (an array of tables under ``[study]``, or at the top level
+when every key is)::
 
-    [[claims]]
+    [[study.claims]]
     optimizer = "lookahead(adam)"
     baseline = "adam"
     quantity = "steps_to_target"   # or "final"
@@ -91,7 +92,7 @@ def parse_claims(value: Any) -> tuple[Claim, ...]:
         SpecError: not a list, an unknown key, a missing or bad field.
     """
     if isinstance(value, dict | str) or not isinstance(value, Iterable):
-        raise SpecError(f"claims: got {value!r}, expected a list of [[claims]] tables")
+        raise SpecError(f"claims: got {value!r}, expected a list of [[study.claims]] tables")
     return tuple(_claim(i, item) for i, item in enumerate(value))
 
 
@@ -132,10 +133,10 @@ def resolve_selection(selection: str, claims: Iterable[Claim]) -> str:
 
 
 def claims_to_toml(claims: Iterable[Claim]) -> str:
-    """``[[claims]]`` tables that :func:`parse_claims` reads back."""
+    """``[[study.claims]]`` tables that :func:`parse_claims` reads back."""
     blocks = []
     for claim in claims:
-        lines = ["[[claims]]"]
+        lines = ["[[study.claims]]"]
         for key, value in dataclasses.asdict(claim).items():
             if value is not None and value != "":
                 lines.append(f"{key} = {json.dumps(value)}")

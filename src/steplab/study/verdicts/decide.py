@@ -174,7 +174,7 @@ def decide(comparisons: Sequence[Comparison], level: float = 0.95) -> list[Verdi
 
 @dataclass(frozen=True)
 class Claim:
-    """A stated claim about an effect, from the study spec's ``[[claims]]``.
+    """A stated claim about an effect, from the study spec's ``[[study.claims]]``.
 
     Attributes:
         optimizer: the optimizer the claim is about.
