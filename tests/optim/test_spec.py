@@ -123,3 +123,23 @@ def test_bad_specs_raise_spec_error_with_column_and_hint(text: str, message: str
 def test_non_string_spec_is_a_spec_error() -> None:
     with pytest.raises(SpecError, match="expected a string"):
         parse_spec(3)  # type: ignore[arg-type]
+
+
+def test_a_hyperparameter_of_another_rule_names_that_rule() -> None:
+    """Issue 11: ``lookahead(sgd(momentum=0.9))`` gave no hint that the rule is ``momentum``."""
+    with pytest.raises(SpecError, match=r"'momentum' belongs to the rules momentum.*"
+                                        r"write momentum\(momentum=\.\.\.\)"):
+        parse_spec("lookahead(sgd(momentum=0.9))")
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n != "lookahead"])
+def test_every_misplaced_hyperparameter_points_at_a_rule_that_takes_it(name: str) -> None:
+    """The guard for the class: for every rule and every key some other rule accepts."""
+    accepts = set(OPTIMIZERS[name].accepts())
+    for key in sorted({k for info in OPTIMIZERS.values() for k in info.accepts()} - accepts):
+        with pytest.raises(SpecError) as caught:
+            parse_spec(f"{name}({key}=1)")
+        message = str(caught.value)
+        owners = [n for n, info in OPTIMIZERS.items() if key in info.accepts()]
+        assert f"{key!r} belongs to the rules" in message, message
+        assert any(f"write {o}({key}=" in message for o in owners), message

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,17 @@ def test_the_user_task_example_in_the_docs_runs() -> None:
     loss.backward()
     assert set(task.metrics(model, data.x_val, data.y_val)) >= {"loss"}
     assert task.info()["name"] == task.name
+
+
+def test_a_task_module_in_the_working_directory_is_found_by_the_steplab_script(
+    tmp_path: Path,
+) -> None:
+    """Issue 11: ``--task module:attr`` needed PYTHONPATH=. with the ``steplab`` script."""
+    (tmp_path / "my_tasks_here.py").write_text(
+        "from steplab.tasks import get_task\nTASK = get_task('beale')\n")
+    script = Path(sys.executable).with_name("steplab")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(script), "tasks", "my_tasks_here:TASK", "--json"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)[0]["name"] == "beale"

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from steplab.errors import SpecError
 from steplab.train import TrainConfig, fit
+from steplab.train.output import RunDir
 
 SUMMARY_KEYS = {
     "status", "run_id", "steps", "metrics", "best_metrics", "target", "target_step",
@@ -83,3 +85,21 @@ def test_failed_start_creates_nothing(tmp_path: Path) -> None:
         fit(TrainConfig(task="digits-mlp", batch_size=10**6, steps=3), tmp_path / "new",
             progress=False)
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("content", ['{"task": "x", "run_i', "[1, 2]", '{"task": "x"}', ""])
+def test_a_torn_config_json_is_named_not_reported_as_run_none(
+    tmp_path: Path, content: str
+) -> None:
+    """Issue 11: a damaged config.json said ``which holds run None``."""
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(SpecError, match=r"config\.json' is damaged \(.*\); expected the "
+                                        r"config\.json of run 'abc'") as caught:
+        RunDir(tmp_path, "abc").check(resume=True)
+    assert "None" not in str(caught.value)
+
+
+@pytest.mark.parametrize("out", ["", "   "])
+def test_an_empty_out_is_refused_not_taken_as_the_working_directory(out: str) -> None:
+    with pytest.raises(SpecError, match=r"^out: got .*, expected a directory path"):
+        RunDir(out, "abc")

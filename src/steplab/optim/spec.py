@@ -55,6 +55,20 @@ def _hint(word: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def _elsewhere(key: str, name: str) -> str:
+    """Point at the rules that do take ``key`` (``sgd(momentum=0.9)`` -> the ``momentum`` rule).
+
+    Example:
+        >>> print(_elsewhere("betas", "sgd"))
+         ('betas' belongs to the rules adam, adamw, amsgrad, nadam: write adam(betas=...))
+    """
+    owners = [n for n, info in OPTIMIZERS.items() if n != name and key in info.accepts()]
+    if not owners:
+        return ""
+    first = key if key in owners else owners[0]  # a rule named after it reads best
+    return f" ({key!r} belongs to the rules {', '.join(owners)}: write {first}({key}=...))"
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """A parsed optimizer spec: a name, its hyperparameters and an optional inner spec.
@@ -190,7 +204,7 @@ class _Parser:
             self.fail(
                 column,
                 f"unknown hyperparameter {key!r} for {name}{_hint(key, accepts)};"
-                f" expected one of {', '.join(accepts)}",
+                f" expected one of {', '.join(accepts)}{_elsewhere(key, name)}",
             )
         if key in kwargs:
             self.fail(column, f"hyperparameter {key!r} given twice")

@@ -150,7 +150,7 @@ class RunDir:
         try:
             found = json.loads(config.read_text(encoding="utf-8")).get("run_id")
             if not isinstance(found, str):
-                raise ValueError(f"run_id is {found!r}")
+                raise ValueError("it has no run_id")
         except (OSError, ValueError, AttributeError) as exc:
             raise SpecError(
                 f"out: {str(config)!r} is damaged ({_reason(exc)}); expected the config.json "
