@@ -189,7 +189,8 @@ def _print_table(result: Any) -> None:
     from steplab.study.report_protocol import resolution_text
     from steplab.study.report_verdicts import claim_sentence
 
-    columns = ("optimizer", "lr", "status", "final", "best", "steps to target", "step ms")
+    columns = ("optimizer", "lr", "status", "final", "best", "steps to target", "step ms",
+               *result.analysis.metrics)
     console = Console()
     for claim in result.analysis.claims:
         console.print(f"[bold]claim[/bold] {claim_sentence(claim)}", highlight=False)

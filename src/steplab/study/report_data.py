@@ -23,6 +23,7 @@ from typing import Any
 
 from steplab.study.profiles import PerformanceProfiles, performance_profiles
 from steplab.study.protocol import Group, selection_metric
+from steplab.study.report_metrics import extra_comparisons, metric_value
 from steplab.study.report_verdicts import study_claims, study_verdicts, verdict_sentence
 from steplab.study.spec import StudySpec
 from steplab.study.stats import Interval, loss_auc, mean_ci
@@ -114,6 +115,7 @@ class OptimizerRow:
     warning: str | None
     verdicts: list[str] = field(default_factory=list)
     search_statuses: list[str] = field(default_factory=list)
+    extras: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -137,6 +139,7 @@ class StudyAnalysis:
         verdicts: every paired comparison, decided with Holm across the study.
         claims: the spec's claims, judged.
         resolution: task -> steps between target checks of the final runs.
+        metrics: the spec's extra metrics (table columns after ``TABLE_COLUMNS``).
     """
 
     records: list[RunRecord]
@@ -148,6 +151,12 @@ class StudyAnalysis:
     verdicts: list[Verdict] = field(default_factory=list)
     claims: list[ClaimVerdict] = field(default_factory=list)
     resolution: dict[str, int | None] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Summary-table columns: :data:`TABLE_COLUMNS`, then the extra metrics."""
+        return TABLE_COLUMNS + self.metrics
 
 
 def _canonical(optimizer: str) -> str:
@@ -283,12 +292,15 @@ def analyze(
             seeds = [r for r in mine if r.role == "seed"]
             row = _row(task, opt, seeds, targets[task], warnings.get(Group(task, opt).key))
             row.search_statuses = [str(r.summary.get("status")) for r in mine if r.role == "search"]
+            row.extras = {m: [metric_value(r.summary, m) for r in seeds] for m in spec.metrics}
             rows.append(row)
     modes = {t: v.mode for t, v in targets.items()}
-    verdicts = study_verdicts(rows, base_of, modes, dict(spec.margins), spec.level)
+    extra = extra_comparisons(rows, base_of, spec.metrics)
+    verdicts = study_verdicts(rows, base_of, modes, dict(spec.margins), spec.level, extra)
     for v in verdicts:
         row = next(r for r in rows if r.task == v.task and r.optimizer == v.optimizer)
-        row.verdicts.append(verdict_sentence(v, targets[v.task].metric.replace("_", " ")))
+        label = v.quantity if v.quantity in spec.metrics else targets[v.task].metric
+        row.verdicts.append(verdict_sentence(v, label.replace("_", " ")))
     claims = study_claims(rows, spec.claims, spec.level)
     failed = [r for r in records if r.summary.get("status") in ("failed", "missing")]
     notes += _notes(rows)
@@ -305,7 +317,8 @@ def analyze(
         profiles = performance_profiles(times)
     resolution = {t: _resolution(records, t) for t in spec.tasks}
     return StudyAnalysis(
-        records, rows, targets, base_of, profiles, notes, verdicts, claims, resolution
+        records, rows, targets, base_of, profiles, notes, verdicts, claims, resolution,
+        spec.metrics,
     )
 
 
@@ -374,4 +387,7 @@ def table_cells(row: OptimizerRow) -> dict[str, str]:
         "loss AUC": fmt_interval(row.auc),
         "state B/param": "-" if row.state_bytes is None else f"{row.state_bytes:.3g}",
         "step ms": "-" if row.step_ms is None else f"{row.step_ms:.2f}",
+    } | {
+        name: fmt_interval(mean_ci([v for v in values if math.isfinite(v)]))
+        for name, values in row.extras.items()
     }

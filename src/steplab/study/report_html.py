@@ -22,7 +22,7 @@ from steplab.study.plots import (
 )
 from steplab.study.plots_trajectory import best_trajectory_runs, trajectory_figure
 from steplab.study.protocol import TRAJECTORY_LR_RANGE, Group, selection_metric
-from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
+from steplab.study.report_data import StudyAnalysis, table_cells
 from steplab.study.report_protocol import protocol_items, resolution_text
 from steplab.study.report_verdicts import claim_sentence
 from steplab.study.spec import StudySpec
@@ -68,11 +68,13 @@ def _figure(uri: str, caption: str) -> str:
 
 
 def _table(analysis: StudyAnalysis, task: str) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in TABLE_COLUMNS)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in analysis.columns)
     body = []
     for row in (r for r in analysis.rows if r.task == task):
         cells = table_cells(row)
-        body.append("<tr>" + "".join(f"<td>{_esc(cells[c])}</td>" for c in TABLE_COLUMNS) + "</tr>")
+        body.append(
+            "<tr>" + "".join(f"<td>{_esc(cells[c])}</td>" for c in analysis.columns) + "</tr>"
+        )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     return f'<div class="wrap">{table}</div>'
 

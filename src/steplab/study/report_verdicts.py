@@ -78,8 +78,9 @@ def study_verdicts(
     modes: dict[str, str],
     margins: dict[str, float],
     level: float,
+    extra: Sequence[Comparison] = (),
 ) -> list[Verdict]:
-    """Every comparison of the study, decided together (Holm across all)."""
+    """Every comparison of the study, ``extra`` ones included, decided together (Holm)."""
     by_key = {(r.task, r.optimizer): r for r in rows}
     comparisons = []
     for row in rows:
@@ -94,7 +95,7 @@ def study_verdicts(
             comparisons.append(
                 Comparison(task, opt, str(base_name), quantity, analysis, margins[quantity], sign)
             )
-    return decide(comparisons, level)
+    return decide([*comparisons, *extra], level)
 
 
 def study_claims(

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from steplab.study.report_data import TABLE_COLUMNS, StudyAnalysis, table_cells
+from steplab.study.report_data import StudyAnalysis, table_cells
 from steplab.study.report_protocol import protocol_items, resolution_text
 from steplab.study.report_verdicts import claim_sentence
 from steplab.study.spec import StudySpec
@@ -142,12 +142,13 @@ def _markdown(spec: StudySpec, analysis: StudyAnalysis, command: str | None) -> 
             "that reached it.",
             "",
         ]
-        lines.append("| " + " | ".join(TABLE_COLUMNS) + " |")
-        lines.append("|" + "---|" * len(TABLE_COLUMNS))
+        columns = analysis.columns
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("|" + "---|" * len(columns))
         rows = [r for r in analysis.rows if r.task == task]
         for row in rows:
             cells = table_cells(row)
-            lines.append("| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |")
+            lines.append("| " + " | ".join(cells[c] for c in columns) + " |")
         lines += ["", "### Verdicts", ""]
         lines += [f"- **{r.optimizer}** {v}" for r in rows for v in r.verdicts] or [
             "- (no baseline)"

@@ -122,6 +122,10 @@ class StudySpec:
         targets: ``(task, value)`` pairs replacing a task's own target value
             (its metric and direction stay); a TOML table ``{task = value}``.
         data_dir: where tasks read or cache their data (None: their default).
+        metrics: metrics beyond the target to tabulate and judge against each
+            baseline (``nll``, ``ece``, ``shift_accuracy``, ``peak_state_bytes``,
+            ``step_time_ms`` or any ``test_``/``val_`` metric; see
+            :mod:`steplab.study.report_metrics`); empty by default.
 
     Raises:
         SpecError: a field is out of range or an optimizer/task list is empty.
@@ -149,6 +153,7 @@ class StudySpec:
     trajectory_budget: int = 5
     targets: tuple[tuple[str, float], ...] = ()
     data_dir: str | None = None
+    metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("tasks", "optimizers", "trajectories"):
@@ -192,6 +197,9 @@ class StudySpec:
         if self.search not in _SEARCH_MODES:
             raise SpecError(f"search: got {self.search!r}, expected one of {_SEARCH_MODES}")
         object.__setattr__(self, "targets", _target_pairs(self.targets))
+        from steplab.study.report_metrics import check_metric_names
+
+        object.__setattr__(self, "metrics", check_metric_names(self.metrics))
         for task, _ in self.targets:
             if task not in self.tasks:
                 raise SpecError(
@@ -207,6 +215,8 @@ class StudySpec:
         out["claims"] = [
             {k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.claims
         ]
+        if not self.metrics:  # absent when unset, so older studies keep their hash
+            del out["metrics"]
         return out
 
     @classmethod
