@@ -44,4 +44,4 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["checkpoint", "migrate", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("steplab checkpoint: error: path:") and err.count("\n") == 1
+    assert err.startswith("steplab checkpoint migrate: error: path:") and err.count("\n") == 1

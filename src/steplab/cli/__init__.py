@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "tasks": "tasks",
     "optimizers": "optimizers",
     "checkpoint": "checkpoint",
+    "plot": "plot",
+    "landscape": "landscape",
 }
 
 

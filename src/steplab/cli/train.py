@@ -21,6 +21,15 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer or 'full'") from None
 
 
+def _keep(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}, expected an integer or 'all'") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see `steplab tasks`); required")
     p.add_argument("--optimizer", default="adam", help="optimizer spec, e.g. 'lookahead(adamw)'")
@@ -66,6 +75,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--histogram-every", type=int, default=None,
                    help="TensorBoard histograms of the moments every N steps; None = 10x "
                    "--state-every")
+    p.add_argument("--keep-checkpoints", type=_keep, default=3,
+                   help="checkpoints kept in --out/checkpoints, or 'all' (steplab landscape "
+                   "draws the path through every kept one)")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard event files into --out (only with --out)")
     p.add_argument("--parallel", default="ddp", choices=("ddp", "zero", "fsdp"),

@@ -104,7 +104,7 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
         SpecError: ``path`` is not a directory holding ``metrics.jsonl``.
     """
     root = Path(path)
-    if not (root / "metrics.jsonl").is_file():
+    if not str(path).strip() or not (root / "metrics.jsonl").is_file():
         raise SpecError(f"run: got {str(root)!r}, expected a run directory holding metrics.jsonl")
     return RunRecord(root, _json(root / "config.json") or {}, read_rows(root / "metrics.jsonl"),
                      _json(root / "summary.json"))

@@ -29,7 +29,8 @@ EVAL_SPLITS: tuple[str, ...] = ("val", "test")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 #: fields that change only what is observed, not the trained weights (not hashed into run_id)
-OBSERVATION_FIELDS: frozenset[str] = frozenset({"state_every", "histogram_every", "tensorboard"})
+OBSERVATION_FIELDS: frozenset[str] = frozenset(
+    {"state_every", "histogram_every", "tensorboard", "keep_checkpoints"})
 #: fields that change how the work is spread over processes, not the run (not in run_id)
 EXECUTION_FIELDS: frozenset[str] = frozenset({"parallel"})
 
@@ -103,10 +104,14 @@ class TrainConfig:
             torchrun), how model and optimizer are spread: ``"ddp"``,
             ``"zero"`` or ``"fsdp"`` (see :mod:`steplab.train.distributed`);
             not part of ``run_id``. ``batch_size`` stays the global batch.
+        keep_checkpoints: checkpoints kept in ``checkpoints/`` (older ones are
+            removed); None keeps all (``steplab landscape`` projects the path
+            through every one).
 
-    ``state_every``, ``histogram_every`` and ``tensorboard`` only change what is
-    observed, never the trained weights, so they are not part of ``run_id``.
-    ``target_every`` and ``target_value`` are in ``run_id`` only when set.
+    ``state_every``, ``histogram_every``, ``tensorboard`` and ``keep_checkpoints``
+    only change what is observed or kept, never the trained weights, so they are
+    not part of ``run_id``. ``target_every`` and ``target_value`` are in
+    ``run_id`` only when set.
 
     Raises:
         SpecError: a field is out of range; the message names it.
@@ -153,6 +158,7 @@ class TrainConfig:
     target_every: int | None = None
     target_value: float | None = None
     parallel: str = "ddp"
+    keep_checkpoints: int | None = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
@@ -208,6 +214,7 @@ class TrainConfig:
         _check_positive("log_every", self.log_every, integer=True)
         _check_positive("state_every", self.state_every, integer=True)
         _check_positive("histogram_every", self.histogram_every, integer=True)
+        _check_positive("keep_checkpoints", self.keep_checkpoints, integer=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
             0 <= self.seed < 2**63
         ):

@@ -93,7 +93,8 @@ class _Loop:
         self.reason: str | None = None
         self.report_error: Exception | None = None
         self.ckpt = (
-            checkpoint.Checkpointer(s.run_dir.checkpoints, every=cfg.checkpoint_every)
+            checkpoint.Checkpointer(s.run_dir.checkpoints, every=cfg.checkpoint_every,
+                                  keep_last=cfg.keep_checkpoints)
             if s.run_dir is not None and cfg.checkpoint_every else None
         )
         self.observer: RunWatch | None = None
