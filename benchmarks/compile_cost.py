@@ -4,7 +4,7 @@
    empty cache directory (cold: inductor generates and compiles C++), then again
    in a second process on the same directory (warm: the kernel is loaded), next
    to torch's own first step in the same kind of process.
-2. A small ``steplab compare`` study of RMSprop and NAdam (default task) run with
+2. A small ``steplab compare`` study of RMSprop and NAdam (the default study's task) with
    ``STEPLAB_COMPILE=never`` (torch's path: the behaviour before the compiled
    steps existed), ``auto`` (the default) and ``always`` (compile even for small
    models, on a cold cache): wall time of each, interleaved over repeats.
@@ -91,14 +91,25 @@ def bench_start(args: argparse.Namespace, console: Console) -> list[dict[str, ob
     return rows
 
 
+_STUDY = """[study]
+tasks = ["mnist1d-cnn"]
+optimizers = ["rmsprop", "nadam"]
+budget = {budget}
+seeds = 2
+steps = {steps}
+trajectories = []
+claims = []
+"""
+
+
 def _compare(mode: str, out: Path, cache: str, args: argparse.Namespace) -> float:
+    """Wall seconds of one small study (the default study's task) under STEPLAB_COMPILE=mode."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env.update(STEPLAB_COMPILE=mode, STEPLAB_CACHE_DIR=cache)
-    command = [
-        sys.executable, "-m", "steplab", "compare", "--optimizers", "rmsprop,nadam",
-        "--budget", str(args.budget), "--seeds", "2", "--steps", str(args.steps),
-        "--trajectories", "none", "--workers", "2", "--quiet", "--out", str(out),
-    ]  # fmt: skip
+    spec = out.with_suffix(".toml")
+    spec.write_text(_STUDY.format(budget=args.budget, steps=args.steps))
+    command = [sys.executable, "-m", "steplab", "compare", str(spec), "--workers", "2",
+               "--quiet", "--out", str(out)]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(command, env=env, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -114,8 +125,8 @@ def bench_compare(args: argparse.Namespace, console: Console) -> dict[str, float
                 samples[mode].append(_compare(mode, Path(tmp) / f"{mode}{repeat}", cache, args))
     medians = {mode: statistics.median(s) for mode, s in samples.items()}
     table = Table(
-        title=f"steplab compare, rmsprop+nadam, budget {args.budget}, 2 seeds, "
-        f"{args.steps} steps, 2 workers: wall seconds (median of {args.repeats})"
+        title=f"steplab compare, mnist1d-cnn, rmsprop+nadam, budget {args.budget}, 2 seeds, "
+        f"{args.steps} steps, 2 workers: wall s (median of {args.repeats})"
     )
     for col in ("STEPLAB_COMPILE", "wall s", "vs never (torch's path)"):
         table.add_column(col, justify="right")
@@ -133,7 +144,7 @@ def main() -> None:
                         help="which tables to measure")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
     parser.add_argument("--budget", type=int, default=2, help="lr trials per optimizer")
-    parser.add_argument("--steps", type=int, default=200, help="steps per compare run")
+    parser.add_argument("--steps", type=int, default=100, help="steps per compare run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     console = Console()

@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from steplab.errors import StateMismatchError
+from steplab.optim.paths import compile_mode
+from steplab.optim.sync_kernel import compiled_sync, sync_choice
 
 __all__ = ["Blocks", "lerp_and_copy_", "plan_sync", "run_sync"]
 
@@ -103,7 +105,18 @@ def plan_sync(fast: list[Tensor], slow: list[Tensor], cache: dict[str, Any] | No
 
 @torch.no_grad()
 def run_sync(blocks: Blocks, alpha: float) -> None:
-    """In place, block by block: slow ← slow + α(fast − slow), then fast ← slow."""
+    """In place, block by block: slow ← slow + α(fast − slow), then fast ← slow.
+
+    Where :func:`steplab.optim.sync_kernel.sync_choice` says so (GPU, or
+    ``STEPLAB_COMPILE=always``), the compiled one-pass kernel does the work.
+    """
+    if blocks and blocks[0][0]:
+        device_type = blocks[0][0][0].device.type
+        if compile_mode() != "never" and (device_type != "cpu" or compile_mode() == "always"):
+            pairs = [(f, s) for fb, sb in blocks for f, s in zip(fb, sb, strict=True)]
+            take, _ = sync_choice(sum(f.numel() for f, _ in pairs), device_type)
+            if take and compiled_sync(pairs, alpha):
+                return
     for fast_block, slow_block in blocks:
         torch._foreach_lerp_(slow_block, fast_block, alpha)
         torch._foreach_copy_(fast_block, slow_block)

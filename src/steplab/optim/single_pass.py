@@ -31,7 +31,13 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from steplab.optim.compiler import CompiledKernel
 
-__all__ = ["SinglePassNAdam", "SinglePassRMSprop", "nadam_update", "rmsprop_update"]
+__all__ = [
+    "SinglePassNAdam",
+    "SinglePassRMSprop",
+    "flat_alias",
+    "nadam_update",
+    "rmsprop_update",
+]
 
 
 def rmsprop_update(
@@ -121,12 +127,18 @@ def _hp_dtype(param: Tensor) -> torch.dtype:
 _FLAT: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
 
 
-def _flat(t: Tensor) -> Tensor:
+def flat_alias(t: Tensor) -> Tensor:
     """A 1-D alias of a contiguous tensor's memory that is not a view.
 
     Compiling over ``t.view(-1)`` would guard on the view's base shape (one graph
     per rank and size); an alias made with ``set_`` has no base, so every tensor
     is just a length. Aliases are kept per tensor while its storage stays put.
+
+    Args:
+        t: a contiguous tensor.
+
+    Returns:
+        A 1-D tensor over the same memory (writes to it change ``t``).
     """
     cached = _FLAT.get(t)  # type: ignore[no-untyped-call]
     if cached is not None and cached.data_ptr() == t.data_ptr():
@@ -173,7 +185,7 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
     hp_at = kernel.hp_index
     for call, flat in prepared:
         if flat:
-            kernel(*(t if t is None or i == hp_at else _flat(t) for i, t in enumerate(call)))
+            kernel(*(t if t is None or i == hp_at else flat_alias(t) for i, t in enumerate(call)))
         else:
             kernel.eager(*call)
     return True
