@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import random
 import statistics
 import time
@@ -49,7 +50,8 @@ def _torch_variants(name: str) -> dict[str, Factory]:
     """torch.optim as a user builds it by default, and with each implementation flag."""
     info = OPTIMIZERS[name]
     cls = getattr(torch.optim, info.torch_class.rsplit(".", 1)[1])
-    hyper = dict(info.defaults)
+    accepted = inspect.signature(cls.__init__).parameters
+    hyper = {k: v for k, v in info.defaults.items() if k in accepted}  # not steplab's state=
     flags: dict[str, dict[str, bool]] = {
         "default": {},
         "for-loop": {"foreach": False},
@@ -108,7 +110,8 @@ def _pytorch_optimizer_variant(name: str) -> Factory | str | None:
         return None
     if theirs is getattr(torch.optim, cls_name, None):
         return "torch's"
-    hyper = dict(info.defaults)
+    accepted = inspect.signature(theirs.__init__).parameters
+    hyper = {k: v for k, v in info.defaults.items() if k in accepted}
     return lambda ps: theirs(ps, **hyper)
 
 

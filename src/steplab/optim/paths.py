@@ -73,14 +73,14 @@ def single_pass_choice(name: str, elements: int, device_type: str = "cpu") -> tu
     mode = compile_mode()
     if mode == "never":
         return False, f"{COMPILE_ENV}=never"
+    if mode == "auto" and elements < MIN_COMPILED_ELEMENTS:  # before importing inductor
+        limit = f"{MIN_COMPILED_ELEMENTS / 1e6:g}M"
+        return False, f"below {limit} parameter elements the compile does not pay"
     problem = compiler_problem(device_type)
     if problem is not None:
         return False, problem
     if mode == "always":
         return True, f"{COMPILE_ENV}=always"
-    if elements < MIN_COMPILED_ELEMENTS:
-        limit = f"{MIN_COMPILED_ELEMENTS / 1e6:g}M"
-        return False, f"below {limit} parameter elements the compile does not pay"
     return True, f">= {MIN_COMPILED_ELEMENTS / 1e6:g}M parameter elements"
 
 
