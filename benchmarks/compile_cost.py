@@ -111,7 +111,9 @@ def _compare(mode: str, out: Path, cache: str, args: argparse.Namespace) -> floa
     command = [sys.executable, "-m", "steplab", "compare", str(spec), "--workers", "2",
                "--quiet", "--out", str(out)]  # fmt: skip
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"steplab compare ({mode}) failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
