@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from steplab.errors import StateMismatchError
+from steplab.optim.lookahead_state import local_optimizer
 
 __all__ = [
     "canonical_module",
@@ -63,7 +64,11 @@ def named_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def is_lookahead(optimizer: torch.optim.Optimizer) -> bool:
-    """True for a steplab ``Lookahead`` (or anything with its ``optimizer``/``slow_state``)."""
+    """True for a steplab ``Lookahead`` (or anything with its ``optimizer``/``slow_state``).
+
+    A ``ZeroRedundancyOptimizer`` whose local optimizers are Lookaheads counts too.
+    """
+    optimizer = local_optimizer(optimizer)
     return hasattr(optimizer, "slow_state") and isinstance(
         getattr(optimizer, "optimizer", None), torch.optim.Optimizer
     )
@@ -71,8 +76,8 @@ def is_lookahead(optimizer: torch.optim.Optimizer) -> bool:
 
 def inner_of(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The optimizer that owns the per-parameter state (a Lookahead's inner one)."""
-    if is_lookahead(optimizer):
-        inner: torch.optim.Optimizer = optimizer.optimizer  # type: ignore[attr-defined]
+    inner = getattr(optimizer, "optimizer", None)
+    if is_lookahead(optimizer) and isinstance(inner, torch.optim.Optimizer):
         return inner
     return optimizer
 

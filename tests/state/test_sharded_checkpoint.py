@@ -1,0 +1,127 @@
+"""Distributed checkpoints: per-rank safetensors, JSON metadata, a commit marker; 2 -> 1 -> 2."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sharded_checks as checks
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from steplab.errors import CheckpointError
+from steplab.optim import Lookahead
+from steplab.state.sharded import MARKER, save_sharded
+from steplab.state.sharded_load import load_sharded, read_sharded
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def roundtrip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Save at 2, load at 1 (checked here) and save again, load that at 2."""
+    out = tmp_path_factory.mktemp("sharded")
+    mp.spawn(checks.save_worker, args=(_port(), str(out)), nprocs=2)
+    facts: dict[str, Any] = {"out": out, "one": {}}
+    for mode in checks.MODES:
+        model, opt = checks.build(mode, False)
+        ref_model, ref_opt = checks.build(mode, False)
+        checks.train(ref_model, ref_opt, 0, 4)  # one process, never interrupted
+        meta = load_sharded(out / f"{mode}-ws2", model=model, optimizer=opt)
+        facts["one"][mode] = (meta, model, opt, ref_model, ref_opt)
+        save_sharded(out / f"{mode}-ws1", model=model, optimizer=opt, step=4)
+    mp.spawn(checks.resume_worker, args=(_port(), str(out)), nprocs=2)
+    facts["uninterrupted"] = json.loads((out / "uninterrupted.json").read_text())
+    facts["resumed2"] = json.loads((out / "resumed-ws2.json").read_text())
+    return facts
+
+
+@pytest.mark.parametrize("mode", checks.MODES)
+def test_world_size_2_checkpoint_loads_bit_equal_into_one_process(
+        roundtrip: dict[str, Any], mode: str) -> None:
+    meta, model, opt, ref_model, ref_opt = roundtrip["one"][mode]
+    assert meta["world_size"] == 2 and meta["step"] == 4 and meta["extra"] == {"mode": mode}
+    assert isinstance(opt, Lookahead) and opt.la_step == ref_opt.la_step == 4
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert set(opt.state[p]) == set(ref_opt.state[q])
+        for key, value in ref_opt.state[q].items():
+            assert torch.equal(torch.as_tensor(opt.state[p][key]), torch.as_tensor(value)), key
+
+
+@pytest.mark.parametrize("mode", checks.MODES)
+def test_next_steps_after_2_to_1_and_1_to_2_equal_an_uninterrupted_run(
+        roundtrip: dict[str, Any], mode: str) -> None:
+    _, model, opt, _, _ = roundtrip["one"][mode]
+    checks.train(model, opt, 4, 5)
+    assert checks.full_params(model) == roundtrip["uninterrupted"][mode]
+    assert roundtrip["resumed2"][mode] == roundtrip["uninterrupted"][mode]
+
+
+def test_rank_files_are_safetensors_and_metadata_is_json(roundtrip: dict[str, Any]) -> None:
+    path = roundtrip["out"] / "fsdp-ws2"
+    names = sorted(p.name for p in path.iterdir())
+    assert names == [MARKER, "metadata.json", "rank-00000.safetensors", "rank-00001.safetensors"]
+    meta = json.loads((path / "metadata.json").read_text())
+    pieces = meta["tensors"]["model/0.weight"]["pieces"]
+    assert [p["rows"] for p in pieces] == [3, 2]  # 5 rows on 2 ranks, in rank order
+
+
+def _small(tmp_path: Path) -> Path:
+    model = checks.net()
+    opt = checks.lookahead("fsdp", model.parameters())
+    checks.train(model, opt, 0, 2)
+    return Path(str(save_sharded(tmp_path / "ck", model=model, optimizer=opt, step=2)))
+
+
+def test_loading_never_calls_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _small(tmp_path)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pickle.load called")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    model, opt = checks.build("fsdp", False)
+    assert load_sharded(path, model=model, optimizer=opt)["step"] == 2
+
+
+def test_a_planted_pickle_is_refused(tmp_path: Path) -> None:
+    path = _small(tmp_path)
+    (path / "rank-00000.safetensors").write_bytes(pickle.dumps({"evil": 1}))
+    with pytest.raises(CheckpointError):
+        read_sharded(path)
+
+
+def test_a_directory_without_commit_marker_is_never_loaded(tmp_path: Path) -> None:
+    path = _small(tmp_path)
+    (path / MARKER).unlink()
+    with pytest.raises(CheckpointError, match="interrupted save"):
+        read_sharded(path)
+
+
+def test_async_save_writes_the_values_of_the_call_not_later_ones(tmp_path: Path) -> None:
+    model = checks.net()
+    before = [p.detach().clone() for p in model.parameters()]
+    pending = save_sharded(tmp_path / "async", model=model, step=1, blocking=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # changed after the call returned
+    assert not isinstance(pending, Path)
+    path = pending.wait()
+    saved = read_sharded(path).model
+    for (name, _), value in zip(model.named_parameters(), before, strict=True):
+        assert torch.equal(saved[name], value)
