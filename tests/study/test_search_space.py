@@ -26,12 +26,22 @@ def test_grammar_reads_every_range_kind() -> None:
     assert ams.choices == (1e-8, 1e-6)
 
 
-def test_names_refer_to_the_innermost_optimizer() -> None:
+def test_names_refer_to_the_innermost_optimizer_that_takes_them() -> None:
     space = parse_space("lr=log(1e-3, 1), momentum=int(0, 1)", parse_spec("lookahead(momentum)"))
     assert space.to_optuna()["momentum"] == optuna.distributions.IntDistribution(0, 1)
-    # Lookahead's own k is not searchable: --space names the innermost optimizer's
-    with pytest.raises(SpecError, match="'k' is not a hyperparameter of sgd"):
-        parse_space("k=int(3, 10)", parse_spec("lookahead(sgd)"))
+    with pytest.raises(SpecError, match=r"'kk' is not a hyperparameter of lookahead\(sgd\); "
+                                        r"expected one of lr, weight_decay, alpha \(lookahead\)"):
+        parse_space("kk=int(3, 10)", parse_spec("lookahead(sgd)"))
+
+
+def test_lookaheads_own_k_and_alpha_are_searchable() -> None:
+    """Issue 11: ``--space "k=int(3, 10)"`` was refused for ``lookahead(...)``."""
+    spec = parse_spec("lookahead(adam(betas=(0.9, 0.95)), k=5)")
+    space = parse_space("lr=log(1e-4, 1e-2), k=int(3, 10), alpha=(0.3, 0.9), betas.0=(0.8, 0.99)",
+                        spec)
+    tuned = space.apply(spec, {"lr": 0.01, "k": 7, "alpha": 0.6, "betas.0": 0.85})
+    assert str(tuned) == "lookahead(adam(betas=(0.85, 0.95), lr=0.01), alpha=0.6, k=7)"
+    assert parse_spec(str(tuned)) == tuned
 
 
 def test_conversions_to_optuna_and_ray() -> None:

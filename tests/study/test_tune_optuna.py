@@ -209,6 +209,10 @@ def test_two_worker_processes_share_the_sqlite_study(tmp_path: Path) -> None:
         ({"metric": "test_accuracy"}, "^metric: got 'test_accuracy'"),
         ({"optimizer": "adamm"}, "adamm"),
         ({"steps": 0}, "steps"),
+        ({"study_name": "../escape"}, "^study_name: got '../escape'"),
+        ({"storage": ""}, "^storage: got ''"),
+        ({"metric": ""}, "^metric: got ''"),
+        ({"address": "auto"}, "^address: got 'auto' with backend 'optuna'"),
     ],
 )
 def test_bad_input_raises_spec_error_before_training(
@@ -226,3 +230,14 @@ def test_bad_input_raises_spec_error_before_training(
         tune(**args)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
     assert not (tmp_path / "trials").exists()
+
+
+def test_lookaheads_k_and_alpha_are_tuned_with_space(tmp_path: Path) -> None:
+    """Issue 11: Lookahead's own k and alpha could not be searched with --space."""
+    res = tune("beale", "lookahead(sgd)", trials=3, steps=20, out_dir=tmp_path,
+               space="lr=log(1e-3, 1e-2), k=int(2, 4), alpha=(0.3, 0.9)")
+    assert res.best_spec is not None
+    best = parse_spec(res.best_spec)
+    assert best.name == "lookahead" and best.inner is not None and best.inner.name == "sgd"
+    assert 2 <= int(best.kwargs["k"]) <= 4 and 0.3 <= float(best.kwargs["alpha"]) <= 0.9
+    assert "lr" in best.inner.kwargs

@@ -11,8 +11,10 @@ Grammar (items separated by commas; whitespace is ignored)::
            | "[" value ("," value)* "]"       a categorical choice
 
 ``betas.0`` sets element 0 of the tuple hyperparameter ``betas`` (the other
-elements keep the spec's or the default's value). The names are those of the
-*innermost* optimizer of the spec (for ``lookahead(adam)``, Adam's).
+elements keep the spec's or the default's value). A name belongs to the
+*innermost* optimizer that takes it, else to the wrapper that does: for
+``lookahead(adam)``, ``lr`` and ``betas.0`` are Adam's and ``k`` and ``alpha``
+are Lookahead's own (``--space "lr=log(1e-4, 1e-2), k=int(3, 10), alpha=(0.3, 0.9)"``).
 
 Default spaces come from the optimizer registry (``OptimizerInfo.search_space``)
 and grow with the trial budget as the Deep Learning Tuning Playbook advises for
@@ -153,21 +155,49 @@ class SearchSpace:
         return near
 
     def apply(self, spec: OptimizerSpec, values: Mapping[str, Any]) -> OptimizerSpec:
-        """Return ``spec`` with the sampled ``values`` set on its innermost optimizer."""
-        inner = spec.innermost
-        defaults = OPTIMIZERS[inner.name].defaults
-        overrides: dict[str, Any] = {}
+        """Return ``spec`` with the sampled ``values`` set on the optimizer each belongs to."""
+        levels = _levels(spec)
+        overrides: list[dict[str, Any]] = [{} for _ in levels]
         for name, value in values.items():
             base, _, index = name.partition(".")
+            depth = _owner(base, levels)
+            level = levels[depth]
             plain = value.item() if hasattr(value, "item") else value
             if not index:
-                overrides[base] = plain
+                overrides[depth][base] = plain
                 continue
-            current = overrides.get(base, inner.kwargs.get(base, defaults.get(base)))
+            defaults = OPTIMIZERS[level.name].defaults
+            current = overrides[depth].get(base, level.kwargs.get(base, defaults.get(base)))
             items = list(current) if isinstance(current, (tuple, list)) else []
             items[int(index)] = plain
-            overrides[base] = tuple(items)
-        return spec.with_overrides(**overrides)
+            overrides[depth][base] = tuple(items)
+        return _rebuild(levels, overrides)
+
+
+def _levels(spec: OptimizerSpec) -> list[OptimizerSpec]:
+    """The spec's levels, innermost first: ``lookahead(adam)`` -> [adam, lookahead(adam)]."""
+    chain = [spec]
+    while chain[-1].inner is not None:
+        chain.append(chain[-1].inner)
+    return chain[::-1]
+
+
+def _tunable(level: OptimizerSpec) -> list[str]:
+    fixed = ("foreach", "fused", "maximize")
+    return [k for k in OPTIMIZERS[level.name].accepts() if k not in fixed]
+
+
+def _owner(base: str, levels: list[OptimizerSpec]) -> int:
+    """Index of the innermost level that takes ``base`` (-1 when none does)."""
+    return next((i for i, level in enumerate(levels) if base in _tunable(level)), -1)
+
+
+def _rebuild(levels: list[OptimizerSpec], overrides: list[dict[str, Any]]) -> OptimizerSpec:
+    inner: OptimizerSpec | None = None
+    for level, extra in zip(levels, overrides, strict=True):
+        inner = OptimizerSpec(level.name, {**level.kwargs, **extra}, inner)
+    assert inner is not None
+    return inner
 
 
 def _number(text: str, field: str) -> float:
@@ -190,20 +220,22 @@ def _choice_value(text: str) -> Value:
 
 
 def _check_name(name: str, spec: OptimizerSpec) -> None:
-    inner = spec.innermost
-    info = OPTIMIZERS[inner.name]
+    levels = _levels(spec)
     base, _, index = name.partition(".")
-    tunable = [k for k in info.accepts() if k not in ("foreach", "fused", "maximize")]
-    if base not in tunable:
+    depth = _owner(base, levels)
+    if depth < 0:
+        tunable = [f"{k} ({level.name})" if i else k
+                   for i, level in enumerate(levels) for k in _tunable(level)]
         raise SpecError(
-            f"space: {name!r} is not a hyperparameter of {inner.name}; "
+            f"space: {name!r} is not a hyperparameter of {spec}; "
             f"expected one of {', '.join(tunable)}"
         )
+    level = levels[depth]
     if index:
-        default = inner.kwargs.get(base, info.defaults.get(base))
+        default = level.kwargs.get(base, OPTIMIZERS[level.name].defaults.get(base))
         if not isinstance(default, (tuple, list)) or int(index) >= len(default):
             raise SpecError(
-                f"space: {name!r} indexes {base!r} of {inner.name}, whose value is "
+                f"space: {name!r} indexes {base!r} of {level.name}, whose value is "
                 f"{default!r}; expected a tuple with more than {index} elements"
             )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from steplab.study.search_space import SearchSpace
 
-__all__ = ["TrialFailed", "TrialRunner", "objective_value"]
+__all__ = ["TrialFailed", "TrialPruned", "TrialRunner", "objective_value"]
 
 #: ``report(step, value)``: the validation metric after an evaluation
 ReportValue = Callable[[int, float], None]
@@ -25,6 +25,11 @@ ReportValue = Callable[[int, float], None]
 
 class TrialFailed(Exception):
     """A trial ran but produced no usable value (diverged, non-finite metric)."""
+
+
+class TrialPruned(Exception):
+    """The backend stopped the trial early; ``fit`` ends the run with status ``"pruned"``
+    (it recognises the class name, as it does Optuna's)."""
 
 
 @dataclass(frozen=True)

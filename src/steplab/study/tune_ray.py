@@ -5,8 +5,13 @@ function trainable. Optuna's TPE is the searcher (``OptunaSearch``) and ASHA
 stops unpromising trials early (Optuna's own pruners do not act under Tune).
 Each evaluation is one ``tune.report`` (one ``training_iteration``, ASHA's
 resource); a trial that finishes reports once more with ``final=1`` and its
-status. Afterwards every trial is written into the same Optuna storage as the
-Optuna backend uses, so both backends leave results in the same format:
+status. When ASHA stops a trial, Ray's session ends the trial's thread from
+inside ``tune.report``; that becomes :class:`TrialPruned`, so ``fit`` writes
+the run's ``summary.json`` with status ``"pruned"`` like the Optuna backend.
+A resumed study's new ``OptunaSearch`` is first told every stored trial
+(:func:`tell_stored_trials`), so its sampler continues from what the study
+knows rather than from nothing. Afterwards every trial is written into the
+same Optuna storage as the Optuna backend uses, so both backends leave results in the same format:
 finished trials ``COMPLETE``, trials ASHA stopped ``PRUNED`` (their last value
 kept as an intermediate value), diverged or crashed trials ``FAIL``.
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from steplab.study.ray_cluster import ensure_ray
-from steplab.study.tune_objective import TrialFailed, TrialRunner, objective_value
+from steplab.study.tune_objective import TrialFailed, TrialPruned, TrialRunner, objective_value
 from steplab.study.tune_optuna import OptunaPlan, counted_trials, load_study
 
 __all__ = ["run_ray"]
@@ -41,9 +46,15 @@ def _trainable(runner: TrialRunner) -> Any:
         name = f"ray-{tune.get_context().get_trial_id()}"
 
         def report(step: int, value: float) -> None:
-            tune.report({metric: value, "step": step})
+            try:
+                tune.report({metric: value, "step": step})
+            except SystemExit:  # Tune stops this trial (ASHA): Ray's session exits the thread
+                raise TrialPruned(f"stopped by ASHA after step {step}") from None
 
-        summary = runner.run(values, name, report)
+        try:
+            summary = runner.run(values, name, report)
+        except TrialPruned:  # fit wrote summary.json with status "pruned"; report no more
+            return
         status = str(summary.get("status"))
         try:
             value = objective_value(summary, metric)
@@ -69,7 +80,9 @@ def _record(result: Any, runner: TrialRunner) -> Any:
             if value == value:  # not NaN
                 history[int(step)] = float(value)
     value = metrics.get(runner.metric)
-    attrs = {"spec": runner.spec_for(params), "backend": "ray", "run_dir": metrics.get("run_dir")}
+    run_dir = metrics.get("run_dir") or str(
+        Path(runner.trials_dir) / f"ray-{metrics.get('trial_id')}")  # ASHA-stopped: not reported
+    attrs = {"spec": runner.spec_for(params), "backend": "ray", "run_dir": run_dir}
     if result.error is not None:  # a crash: no "status", so it does not count (see tune_optuna)
         state, attrs["error"], value = TrialState.FAIL, str(result.error)[:300], None
     elif not metrics.get("final"):
@@ -82,6 +95,32 @@ def _record(result: Any, runner: TrialRunner) -> Any:
         state=state, value=value, params=params, distributions=runner.space.to_optuna(),
         user_attrs=attrs, intermediate_values=history,
     )
+
+
+def tell_stored_trials(searcher: Any, study: Any, runner: TrialRunner) -> int:
+    """Give a new ``OptunaSearch`` the study's finished trials, so a resumed study learns.
+
+    Completed trials are told with their value, pruned ones with their last
+    intermediate value, failed ones as errors; running or waiting ones are
+    skipped. Returns how many were told.
+    """
+    from optuna.trial import TrialState
+
+    told = 0
+    for trial in study.trials:
+        if set(trial.params) != set(runner.space.names):
+            continue
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            searcher.add_evaluated_point(trial.params, trial.value)
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            last = trial.intermediate_values[max(trial.intermediate_values)]
+            searcher.add_evaluated_point(trial.params, last, pruned=True)
+        elif trial.state == TrialState.FAIL:
+            searcher.add_evaluated_point(trial.params, math.nan, error=True)
+        else:
+            continue
+        told += 1
+    return told
 
 
 def run_ray(
@@ -116,6 +155,7 @@ def run_ray(
         space=runner.space.to_optuna(), metric=runner.metric, mode=mode,
         sampler=optuna.samplers.TPESampler(seed=plan.seed + len(study.trials)),
     )
+    tell_stored_trials(searcher, study, runner)
     tuner = tune.Tuner(
         _trainable(runner),
         tune_config=tune.TuneConfig(
