@@ -125,3 +125,39 @@ def test_async_save_writes_the_values_of_the_call_not_later_ones(tmp_path: Path)
     saved = read_sharded(path).model
     for (name, _), value in zip(model.named_parameters(), before, strict=True):
         assert torch.equal(saved[name], value)
+
+
+def test_convert_to_single_and_back_keeps_everything(roundtrip: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    from steplab import checkpoint
+    from steplab.state.sharded_convert import convert
+
+    single = convert(roundtrip["out"] / "fsdp-ws2", tmp_path / "single")
+    model, opt = checks.build("fsdp", False)
+    result = checkpoint.load(single, model=model, optimizer=opt)
+    assert result.step == 4 and isinstance(opt, Lookahead) and opt.la_step == 4
+    _, _, _, ref_model, ref_opt = roundtrip["one"]["fsdp"]
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(p, q)
+        assert torch.equal(opt.state[p]["slow_param"], ref_opt.state[q]["slow_param"])
+    back = convert(single, tmp_path / "sharded")
+    again = read_sharded(back)
+    first = read_sharded(roundtrip["out"] / "fsdp-ws2")
+    assert again.model.keys() == first.model.keys()
+    assert all(torch.equal(again.model[k], first.model[k]) for k in first.model)
+    assert again.optimizer is not None and first.optimizer is not None
+    for name, buffers in first.optimizer["state"].items():
+        for key, value in buffers.items():
+            assert torch.equal(torch.as_tensor(again.optimizer["state"][name][key]),
+                               torch.as_tensor(value))
+
+
+def test_cli_convert_and_inspect_read_both_formats(roundtrip: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    from steplab.cli import main
+
+    src = roundtrip["out"] / "zero-ws2"
+    assert main(["inspect", str(src), "--json"]) == 0
+    assert main(["checkpoint", "convert", str(src), str(tmp_path / "one")]) == 0
+    assert main(["inspect", str(tmp_path / "one"), "--json"]) == 0
+    assert main(["checkpoint", "convert", str(src), str(tmp_path / "one")]) == 2  # exists

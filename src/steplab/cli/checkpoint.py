@@ -1,4 +1,4 @@
-"""``steplab checkpoint ...``: work on checkpoint files (migrate, export).
+"""``steplab checkpoint ...``: work on checkpoint files (migrate, export, convert).
 
 The group holds no logic: each action is a module under ``steplab.cli`` with
 ``add_parser(subparsers)``, listed in :data:`ACTIONS`. To add one, write the
@@ -17,6 +17,7 @@ __all__ = ["ACTIONS", "add_parser"]
 ACTIONS: dict[str, str] = {
     "migrate": "checkpoint_migrate",
     "export": "checkpoint_export",
+    "convert": "checkpoint_convert",
 }
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: Any) -> None:
     """Register ``steplab checkpoint`` and its actions."""
     parser = subparsers.add_parser(
         "checkpoint",
-        help="work on checkpoint files: migrate to the current format, export for deployment",
+        help="work on checkpoint files: migrate, export for deployment, convert sharded",
         description="Work on steplab checkpoint directories.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

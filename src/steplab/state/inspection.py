@@ -332,11 +332,30 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def _inspect_sharded(root: Path) -> StateReport:
+    """:func:`inspect_checkpoint` of a distributed checkpoint (its tensors assembled)."""
+    from steplab.state.sharded_load import read_sharded  # it imports this layer's named code
+
+    contents = read_sharded(root)
+    sizes = {k: (str(t.dtype).removeprefix("torch."), t.numel() * t.element_size())
+             for k, t in contents.model.items()}
+    shapes = {k: list(t.shape) for k, t in contents.model.items()}
+    named = contents.optimizer or {
+        "format": FORMAT, "optimizer": "no optimizer state", "state": {},
+        "param_shapes": shapes, "param_groups": [{"params": list(shapes)}]}
+    if named.get("optimizer") is None:
+        named = {**named, "optimizer": "sharded checkpoint"}
+    meta = contents.metadata
+    return replace(report_from_named(named, sizes),
+                   source=f"{root.name}, step {meta['step']}, {meta['world_size']} ranks")
+
+
 def inspect_checkpoint(path: str | os.PathLike[str]) -> StateReport:
     """Report the optimizer state in a checkpoint on disk, without the model.
 
     Args:
-        path: a checkpoint directory, or a Checkpointer root (its latest good checkpoint).
+        path: a checkpoint directory (single-process, or distributed: rank files and
+            ``metadata.json``), or a Checkpointer root (its latest good checkpoint).
 
     Returns:
         A :class:`StateReport`; parameter sizes come from the checkpoint's
@@ -346,7 +365,10 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> StateReport:
     Raises:
         CheckpointError: if the checkpoint is missing, corrupt or not a checkpoint.
     """
-    ckpt = open_checkpoint(resolve_checkpoint(Path(path)))
+    root = resolve_checkpoint(Path(path))
+    if root.is_dir() and not (root / MANIFEST).exists() and (root / "metadata.json").exists():
+        return _inspect_sharded(root)
+    ckpt = open_checkpoint(root)
     tensors = read_tensors(ckpt.tensors_path, ckpt.header, ckpt.expected_digests)
     sizes = {k.removeprefix("model/"): (str(t.dtype).removeprefix("torch."),
                                          t.numel() * t.element_size())
