@@ -139,7 +139,8 @@ def test_result_does_not_depend_on_the_chunk_size(kind: str, monkeypatch: pytest
 
 
 def test_peak_scratch_of_a_step_is_within_five_percent_of_the_state() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 1024))
+    """At the benchmark's size (4M parameters in large tensors)."""
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 1024), torch.nn.Linear(1024, 2048))
     for kind in KINDS:
         opt = LeanAdam(model.parameters(), state=kind)
         for p in model.parameters():

@@ -36,6 +36,14 @@ def add_parser(subparsers: Any) -> None:
         help="the one-minute preset instead of the default study",
     )
     p.add_argument(
+        "--preset",
+        choices=("memory",),
+        default=None,
+        help="a named study instead of the default one: 'memory' compares AdamW with "
+        "fp32/bf16/int8/int4 state and Lookahead with a bf16 slow copy for parity "
+        "(examples/memory.toml; if unset: none)",
+    )
+    p.add_argument(
         "--tasks", default=None, help="comma-separated task names (if unset: the spec's)"
     )
     p.add_argument(
@@ -148,7 +156,15 @@ def run(args: argparse.Namespace) -> int:
     from steplab.study.compare import run_study
     from steplab.study.spec import load_study_spec
 
-    spec = load_study_spec(args.spec, quick=args.quick, **_overrides(args))
+    if args.preset is not None:
+        from steplab.errors import SpecError
+        from steplab.study.presets import load_preset
+
+        if args.spec is not None or args.quick:
+            raise SpecError("--preset: give a preset, a spec file or --quick, not several")
+        spec = load_preset(args.preset, **_overrides(args))
+    else:
+        spec = load_study_spec(args.spec, quick=args.quick, **_overrides(args))
     result = run_study(
         spec,
         args.out,

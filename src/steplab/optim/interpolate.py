@@ -55,7 +55,8 @@ Blocks = list[tuple[list[Tensor], list[Tensor]]]
 
 def _plan(fast: list[Tensor], slow: list[Tensor]) -> Blocks:
     for f, s in zip(fast, slow, strict=True):
-        if f.shape != s.shape or f.device != s.device or f.dtype != s.dtype:
+        bf16_slow = s.dtype == torch.bfloat16 and f.dtype == torch.float32  # slow="bf16"
+        if f.shape != s.shape or f.device != s.device or (f.dtype != s.dtype and not bf16_slow):
             raise StateMismatchError(
                 f"slow buffer: shape {tuple(s.shape)} {s.dtype} on {s.device}, expected"
                 f" {tuple(f.shape)} {f.dtype} on {f.device} like the tensor it follows"
@@ -109,8 +110,11 @@ def run_sync(blocks: Blocks, alpha: float) -> None:
 
     Where :func:`steplab.optim.sync_kernel.sync_choice` says so (GPU, or
     ``STEPLAB_COMPILE=always``), the compiled one-pass kernel does the work.
+    A bfloat16 slow block (``slow="bf16"``) is interpolated in the fast dtype:
+    fast ← fast + (1 − α)(slow − fast), then slow ← bf16(fast).
     """
-    if blocks and blocks[0][0]:
+    mixed = any(sb and sb[0].dtype != fb[0].dtype for fb, sb in blocks)
+    if blocks and blocks[0][0] and not mixed:
         device_type = blocks[0][0][0].device.type
         if compile_mode() != "never" and (device_type != "cpu" or compile_mode() == "always"):
             pairs = [(f, s) for fb, sb in blocks for f, s in zip(fb, sb, strict=True)]
@@ -118,6 +122,11 @@ def run_sync(blocks: Blocks, alpha: float) -> None:
             if take and compiled_sync(pairs, alpha):
                 return
     for fast_block, slow_block in blocks:
+        if slow_block and slow_block[0].dtype != fast_block[0].dtype:
+            wide = [s.to(f.dtype) for s, f in zip(slow_block, fast_block, strict=True)]
+            torch._foreach_lerp_(fast_block, wide, 1.0 - alpha)
+            torch._foreach_copy_(slow_block, fast_block)
+            continue
         torch._foreach_lerp_(slow_block, fast_block, alpha)
         torch._foreach_copy_(fast_block, slow_block)
 

@@ -5,7 +5,9 @@ The update rule is torch's own fused CPU/GPU kernel (``torch._fused_adam_``,
 chunk's moments are decoded to float32 scratch, updated by the kernel exactly
 as ``torch.optim.AdamW(fused=True)`` would, and encoded back (rounded to
 bf16, or block-wise quantised, see :mod:`steplab.optim.quantize`). Chunks are
-sized so the scratch of a step stays within :data:`PEAK_FRACTION` of the state.
+sized so the scratch of a step stays within :data:`PEAK_FRACTION` of the state
+(for states of more than about 2.6 MB; smaller ones use chunks of 8,192
+elements, about 128 KiB of scratch, since per-chunk overhead dominates there).
 
 bf16 and fp16 *parameters* are updated with Kahan-compensated summation
 (Zamirai et al. 2020, arXiv:2010.06192): the state keeps ``kahan_comp``, the
@@ -41,7 +43,7 @@ __all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_pe
 
 #: scratch of a step is at most this fraction of the optimizer's state bytes
 PEAK_FRACTION = 0.05
-_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 4096, 1 << 20, 256
+_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 8192, 1 << 20, 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -181,9 +183,10 @@ class _LeanOptimizer(torch.optim.Optimizer):
             ValueError: as ``torch.optim.Optimizer.load_state_dict``.
         """
         saved = state_dict.get("state", {})
-        steps_only = {i: {k: v for k, v in b.items() if k == "step"} for i, b in saved.items()}
+        ours = {i: self._own_keys(b) for i, b in saved.items()}
+        others = {i: {k: v for k, v in b.items() if k not in ours[i]} for i, b in saved.items()}
         kinds = [g["state"] for g in self.param_groups]
-        super().load_state_dict({**state_dict, "state": steps_only})
+        super().load_state_dict({**state_dict, "state": others})  # step, Lookahead's buffers
         for group, kind in zip(self.param_groups, kinds, strict=True):
             for key, value in self.defaults.items():  # a torch AdamW state dict lacks ours
                 group.setdefault(key, value)
@@ -202,6 +205,12 @@ class _LeanOptimizer(torch.optim.Optimizer):
                 comp = bufs.get("kahan_comp")
                 state["kahan_comp"] = (comp.to(p.device, p.dtype, copy=True)
                                        if isinstance(comp, Tensor) else torch.zeros_like(p))
+
+    def _own_keys(self, buffers: dict[str, Any]) -> set[str]:
+        """Keys of ``buffers`` this optimizer loads itself (moments in any form, kahan_comp)."""
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+        forms = {n + suffix for n in names for suffix in ("", "_codes", "_absmax")}
+        return {k for k in buffers if k in forms or k == "kahan_comp"}
 
     @staticmethod
     def _convert_into(state: dict[str, Any], buf: LeanBuffer, bufs: dict[str, Any],

@@ -31,7 +31,7 @@ from steplab.optim.lookahead_state import (
     migrate_state_dict,
     momentum_buffer_name,
 )
-from steplab.optim.lookahead_sync import plan_group, slow_buffer
+from steplab.optim.lookahead_sync import SLOW_FORMS, keep_bf16, plan_group, slow_buffer
 
 __all__ = ["PULLBACK_MODES", "Lookahead", "momentum_buffer_name"]
 
@@ -76,6 +76,10 @@ class Lookahead(torch.optim.Optimizer):
         k: inner steps per sync, an integer >= 1.
         alpha: slow step size α in (0, 1].
         pullback: ``"none"``, ``"reset"`` or ``"pullback"``.
+        slow: ``"fp32"`` keeps the slow weights in each parameter's dtype;
+            ``"bf16"`` keeps them in bfloat16 (half the memory): a sync computes
+            θ ← φ + α(θ − φ) in the parameter's dtype and stores φ ← bf16(θ),
+            so the fast weights keep full precision.
 
     Raises:
         SpecError: a bad argument, or ``pullback`` other than ``"none"`` with an
@@ -104,7 +108,10 @@ class Lookahead(torch.optim.Optimizer):
         k: int = 5,
         alpha: float = 0.5,
         pullback: str = "none",
+        slow: str = "fp32",
     ) -> None:
+        if slow not in SLOW_FORMS:
+            raise SpecError(f"slow: got {slow!r}, expected one of {', '.join(SLOW_FORMS)}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise SpecError(
                 f"optimizer: got {type(optimizer).__name__}, expected a torch.optim.Optimizer"
@@ -120,7 +127,7 @@ class Lookahead(torch.optim.Optimizer):
         self._warned_capturable_if_run_uncaptured = True
         self.optimizer = optimizer
         self._settings = {"lookahead_k": int(k), "lookahead_alpha": float(alpha),
-                          "lookahead_pullback": pullback}
+                          "lookahead_pullback": pullback, "lookahead_slow": slow}
         self._sync_cache: dict[str, dict[str, Any]] = {}  # block views reused by each sync
         for group in self.param_groups:
             for key, value in {**self._settings, "lookahead_step": 0}.items():
@@ -263,14 +270,16 @@ class Lookahead(torch.optim.Optimizer):
         """Give ``params`` slow weights: ``values[p]`` or their current values (φ₀ = θ₀)."""
         if not params:
             return
-        state, pullback = self._local_state(), {}
+        state, pullback, low = self._local_state(), {}, {}
         for group, group_params in self._local_groups():
             for p in group_params:
                 pullback[p] = group["lookahead_pullback"]
+                low[p] = group.get("lookahead_slow") == "bf16"
         with torch.no_grad():
             for p in params:
                 buffers = state.setdefault(p, {})
-                buffers["slow_param"] = p.detach().clone() if values is None else values[p]
+                slow = p.detach().clone() if values is None else values[p]
+                buffers["slow_param"] = slow.to(torch.bfloat16) if low.get(p) else slow
                 if pullback.get(p) == "pullback":  # the slow momentum starts at zero
                     buffers["slow_momentum"] = torch.zeros_like(p)
 
@@ -468,6 +477,7 @@ class Lookahead(torch.optim.Optimizer):
         state.clear()
         state.update(new_state)
         self.optimizer.state = state
+        keep_bf16(self.param_groups, state)  # torch cast a bf16 slow copy to the param's dtype
         self._sync_cache.clear()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -26,10 +26,14 @@ from steplab.errors import StateMismatchError
 from steplab.optim.interpolate import Blocks, plan_sync
 from steplab.optim.lookahead_state import local_tensor, momentum_buffer_name
 
-__all__ = ["plan_group", "slow_buffer"]
+__all__ = ["SLOW_FORMS", "keep_bf16", "plan_group", "slow_buffer"]
+
+#: how Lookahead stores slow weights: in the parameter's dtype, or bfloat16
+SLOW_FORMS = ("fp32", "bf16")
 
 
-def slow_buffer(state: Any, p: Tensor, name: str, like: Tensor | None = None) -> Tensor:
+def slow_buffer(state: Any, p: Tensor, name: str, like: Tensor | None = None,
+                bf16: bool = False) -> Tensor:
     """The slow buffer ``name`` of ``p``, moved to ``like``'s (default ``p``'s) device and dtype.
 
     Parameters moved with ``model.to(...)`` after their first step take their
@@ -40,6 +44,7 @@ def slow_buffer(state: Any, p: Tensor, name: str, like: Tensor | None = None) ->
         p: the parameter.
         name: ``"slow_param"`` or ``"slow_momentum"``.
         like: the tensor whose device and dtype the buffer must have.
+        bf16: keep the buffer in bfloat16 (``slow="bf16"``) instead of ``like``'s dtype.
 
     Returns:
         The buffer (replaced in ``state`` by the moved copy when it moved).
@@ -48,6 +53,7 @@ def slow_buffer(state: Any, p: Tensor, name: str, like: Tensor | None = None) ->
         StateMismatchError: ``p`` has no such buffer.
     """
     ref = p if like is None else like
+    dtype = torch.bfloat16 if bf16 and ref.dtype != torch.float64 else ref.dtype
     buffers = state.get(p, {})
     if name not in buffers:
         raise StateMismatchError(
@@ -55,9 +61,18 @@ def slow_buffer(state: Any, p: Tensor, name: str, like: Tensor | None = None) ->
             " Lookahead buffer its first step creates"
         )
     slow: Tensor = buffers[name]
-    if slow.device != ref.device or slow.dtype != ref.dtype:
-        slow = buffers[name] = slow.to(device=ref.device, dtype=ref.dtype)
+    if slow.device != ref.device or slow.dtype != dtype:
+        slow = buffers[name] = slow.to(device=ref.device, dtype=dtype)
     return slow
+
+
+def keep_bf16(groups: list[dict[str, Any]], state: Any) -> None:
+    """Store the slow weights of ``slow="bf16"`` groups in bfloat16 again after a load."""
+    for group in groups:
+        if group.get("lookahead_slow") == "bf16":
+            for p in group["params"]:
+                if "slow_param" in state.get(p, {}):
+                    slow_buffer(state, p, "slow_param", bf16=True)
 
 
 def plan_group(optimizer: torch.optim.Optimizer, state: Any, group: dict[str, Any],
@@ -80,7 +95,9 @@ def plan_group(optimizer: torch.optim.Optimizer, state: Any, group: dict[str, An
     cache = {} if cache is None else cache
     weights = [p for p in params if "slow_param" in state.get(p, {})]
     plans = [plan_sync([local_tensor(p) for p in weights],
-                       [local_tensor(slow_buffer(state, p, "slow_param")) for p in weights],
+                       [local_tensor(slow_buffer(state, p, "slow_param",
+                                                 bf16=group.get("lookahead_slow") == "bf16"))
+                        for p in weights],
                        cache.setdefault("param", {}))]
     if group["lookahead_pullback"] == "pullback":
         key = momentum_buffer_name(optimizer, group)

@@ -70,7 +70,6 @@ __all__ = [
 BLOCK_SIZES: dict[int, int] = {8: 256, 4: 128}
 #: tensors smaller than this keep float32 state
 MIN_QUANTIZED_NUMEL = 4096
-_TINY = float(torch.finfo(torch.float32).smallest_normal) * 2.0**-23  # smallest subnormal
 
 
 def _dynamic_magnitudes(n: int) -> list[float]:
@@ -95,8 +94,8 @@ def _bucket_lut(mags: Tensor, signed: bool, bits: int) -> tuple[Tensor, int]:
     ``cand`` = the number of midpoints below ``lo`` (with the sign bit for
     negative keys of a signed map), and with at most one midpoint in any bucket
     the nearest magnitude is ``cand + (|y| > mid[cand])``. ``shift`` is the
-    largest for which that holds. Keys past 1.0 (only NaN or infinity after
-    normalising) give the top magnitude.
+    largest for which that holds. Keys of NaN and infinity (0/0 in an all-zero
+    block) give magnitude 0; other keys past 1.0 cannot occur.
 
     Returns:
         ``(lut int32, shift)``.
@@ -111,7 +110,10 @@ def _bucket_lut(mags: Tensor, signed: bool, bits: int) -> tuple[Tensor, int]:
         if bool(((below[1:] - below[:-1]) <= 1).all()):
             half = torch.full((1 << (31 - shift),), len(mags) - 1, dtype=torch.int32)
             half[: keys.numel() - 1] = below[:-1].to(torch.int32)
-            negative = half | (1 << (bits - 1)) if signed else half
+            nan = _f32_bits(float("inf")) >> shift
+            half[nan:] = 0
+            negative = half | (1 << (bits - 1)) if signed else half.clone()
+            negative[nan:] = 0  # x86 gives 0/0 the sign bit: still code 0, +0
             return torch.cat([half, negative]), shift
     raise ValueError("quantisation map: midpoints too close for a 15-bit mantissa lookup")
 
@@ -266,8 +268,8 @@ def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
     """
     scratch = scratch or Scratch.allocate(x.numel(), x.device)
     n = codes_out.numel() if qmap.bits == 8 else 2 * codes_out.numel()
-    # an all-zero block divides by the smallest float instead of 0: its elements stay 0
-    x.view(-1, qmap.block).div_(absmax.clamp_min(_TINY).unsqueeze(1))
+    # an all-zero block gives 0/0 = NaN, whose keys the table maps to code 0 (value 0)
+    x.view(-1, qmap.block).div_(absmax.unsqueeze(1))
     y, keys, codes = x[:n], scratch.keys[:n], scratch.cands[:n]
     torch.bitwise_right_shift(y.view(torch.int32), qmap.shift, out=keys)
     keys.bitwise_and_(qmap.lut.numel() - 1)

@@ -282,14 +282,16 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         name="lookahead",
         torch_class="steplab.optim.Lookahead",
         rule="every k inner steps: φ ← φ + α(θ − φ);  θ ← φ",
-        defaults={"k": 5, "alpha": 0.5, "pullback": "none"},
+        defaults={"k": 5, "alpha": 0.5, "pullback": "none", "slow": "fp32"},
         buffers=("slow_param",),
         first_moment=(),
         second_moment=(),
         bytes_per_param=4,
         search_space={"alpha": (0.3, 0.9, "linear", 10), "k": (3.0, 10.0, "linear", 25)},
         doc="Lookahead (Zhang, Lucas, Ba, Hinton 2019) around any inner optimizer; "
-        "pullback='pullback' adds slow_momentum (4 more bytes per parameter).",
+        "pullback='pullback' adds slow_momentum (4 more bytes per parameter); "
+        "slow=bf16 keeps the slow copy in bfloat16 (2 bytes per parameter).",
+        state_bytes={"fp32": 4.0, "bf16": 2.0},
     ),
 }
 

@@ -1,0 +1,37 @@
+"""``steplab compare --preset memory`` and examples/memory.toml are one study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from steplab.cli import main
+from steplab.errors import SpecError
+from steplab.study.presets import load_preset, preset
+from steplab.study.spec import load_study_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_example_file_is_the_memory_preset() -> None:
+    assert load_study_spec(ROOT / "examples" / "memory.toml") == preset("memory")
+
+
+def test_memory_preset_claims_each_lean_format_within_one_point() -> None:
+    spec = preset("memory")
+    assert spec.tasks == ("mnist1d-mlp", "mnist1d-cnn") and spec.baseline == "adamw"
+    pairs = {(c.optimizer, c.baseline) for c in spec.claims}
+    assert ("adamw(state=int4)", "adamw") in pairs
+    assert ("lookahead(adamw, slow=bf16)", "lookahead(adamw)") in pairs
+    assert all((c.at_least, c.at_most) == (-0.01, 0.01) for c in spec.claims)
+    assert load_preset("memory", seeds=9).seeds == 9
+
+
+def test_unknown_preset_and_preset_with_a_file_are_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SpecError, match="preset: got 'speed', expected one of memory"):
+        preset("speed")
+    assert main(["compare", "--preset", "memory", "examples/study.toml"]) == 2
+    assert "--preset: give a preset, a spec file or --quick" in capsys.readouterr().err
