@@ -107,6 +107,22 @@ def test_an_interrupted_study_resumes_and_reproduces_the_same_weights(
     )
 
 
+def test_a_torn_summary_is_named_and_its_run_trained_again(
+    study: StudyResult, tmp_path: Path
+) -> None:
+    """Found with issue 11: a torn summary.json stopped the study with a JSON traceback."""
+    out = tmp_path / "torn"
+    shutil.copytree(study.out, out)
+    victim = next(r for r in study.analysis.records if r.role == "seed")
+    path = out / "runs" / victim.run_id / "summary.json"
+    path.write_text(path.read_text()[:40])
+    with pytest.warns(UserWarning, match=rf"{victim.run_id}/summary\.json is damaged .* again"):
+        resumed = run_study(TINY, out, workers=1, progress=False)
+    assert resumed.n_trained == 1
+    assert json.loads(path.read_text())["final_params_sha256"] == (
+        _summaries(study.out)[victim.run_id]["final_params_sha256"])
+
+
 def test_an_out_dir_holding_another_study_is_refused(study: StudyResult) -> None:
     with pytest.raises(SpecError, match="holds another study"):
         run_study(TINY.replace(seeds=3), study.out, progress=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,11 +111,15 @@ class _Plan:
         for config in configs:
             run_dir = self.run_dir(config)
             summary_path = run_dir / "summary.json"
-            if summary_path.exists():
-                self.summaries[run_dir.name] = json.loads(summary_path.read_text())
-                self.cached += 1
-                continue
             label = f"{group.task} {group.optimizer} lr={config['lr']:.3g} seed {config['seed']}"
+            if summary_path.exists():
+                try:
+                    self.summaries[run_dir.name] = json.loads(summary_path.read_text())
+                    self.cached += 1
+                    continue
+                except (OSError, ValueError) as exc:  # torn by hand or a full disk: run again
+                    warnings.warn(f"{summary_path} is damaged ({exc}); training {label} again",
+                                  stacklevel=2)
             jobs.append(RunJob(config, str(run_dir), label, (group.key, role), self.tasks))
         return jobs
 

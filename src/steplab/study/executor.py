@@ -11,6 +11,7 @@ arrive (the seed runs of an optimizer follow its search).
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -77,12 +78,21 @@ def _register_shipped(tasks: bytes) -> None:
         register_task(task, replace=True)
 
 
+def _finished(path: Path) -> bool:
+    """The run directory holds a readable ``summary.json``."""
+    try:
+        json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def execute_run(
     config: dict[str, Any], run_dir: str, tasks: bytes | None = None
 ) -> dict[str, Any]:
     """Train one run in this process and return its summary.
 
-    A directory left by an interrupted run (no ``summary.json``) is cleared
+    A directory left by an interrupted run (no readable ``summary.json``) is cleared
     and the run starts over. A diverged run returns its summary like any
     other; an exception becomes ``{"status": "failed", "error": ...}`` so one
     broken run never stops a study (nothing is cached for it). A user task
@@ -112,7 +122,7 @@ def execute_run(
             )}
     torch.set_num_threads(1)
     path = Path(run_dir)
-    if path.exists() and not (path / "summary.json").exists():
+    if path.exists() and not _finished(path):
         shutil.rmtree(path)
     cpu = time.process_time()
     try:
