@@ -18,6 +18,7 @@ SUMMARY_KEYS = {
     "target_time", "wall_time", "steps_per_s", "step_time_ms", "nonfinite_skipped",
     "state_bytes_per_param", "n_params", "final_params_sha256", "torch_version", "stop_reason",
     "peak_state_bytes", "data",
+    "world_size", "parallel", "global_batch_size", "per_rank_batch_size", "effective_lr",
 }
 
 

@@ -190,7 +190,8 @@ def get_task(name: str, data_dir: str | None = None) -> Task:
 
     Raises:
         SpecError: unknown name (with the closest names as suggestions), an
-            import path that fails, or a ``data_dir`` that is not a directory.
+            import path that fails, or a ``data_dir`` that does not exist (each task
+            then checks it holds what it needs).
 
     Example:
         >>> get_task("mnist1d-cnn").target
@@ -202,8 +203,11 @@ def get_task(name: str, data_dir: str | None = None) -> Task:
     """
     if not isinstance(name, str):
         raise SpecError(f"task: got {name!r}, expected a task name (str)")
-    if data_dir is not None and not (str(data_dir).strip() and os.path.isdir(data_dir)):
-        raise SpecError(f"data_dir: got {str(data_dir)!r}, expected an existing directory")
+    if data_dir is not None and not (str(data_dir).strip() and os.path.exists(data_dir)):
+        raise SpecError(
+            f"data_dir: got {str(data_dir)!r}, expected an existing directory "
+            "(or, for the byte-lm tasks, a text file)"
+        )
     if name in _REGISTRY:
         return _REGISTRY[name](data_dir)
     if ":" in name:
