@@ -154,7 +154,7 @@ def lr_sensitivity_figure(search_runs: dict[str, list[RunRecord]], metric: str, 
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{task}: lr sensitivity (tuning runs; x = diverged)")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
@@ -167,7 +167,7 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
     from steplab.study.verdicts import kaplan_meier
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.0, 4.4), layout="constrained")
     horizon = max((max(r.limits) for r in rows if r.limits), default=1.0)
     for i, row in enumerate(rows):
         if not row.seeds:
@@ -183,9 +183,9 @@ def steps_to_target_figure(rows: Sequence[OptimizerRow], task: str) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("step")
     ax.set_ylabel("fraction of seeds at the target")
-    ax.set_title(f"{task}: time to target (Kaplan-Meier; dotted: median)")
+    ax.set_title(f"{task}: time to target (Kaplan-Meier)\ndotted line: median")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return to_data_uri(fig)
 
 
@@ -206,5 +206,5 @@ def profiles_figure(profiles: PerformanceProfiles) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("performance profiles")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return to_data_uri(fig)

@@ -296,11 +296,13 @@ def analyze(
             rows.append(row)
     modes = {t: v.mode for t, v in targets.items()}
     extra = extra_comparisons(rows, base_of, spec.metrics)
-    verdicts = study_verdicts(rows, base_of, modes, dict(spec.margins), spec.level, extra)
-    for v in verdicts:
+    verdicts, bounds = study_verdicts(
+        rows, base_of, modes, dict(spec.margins), spec.level, extra
+    )
+    for v, bound in zip(verdicts, bounds, strict=True):
         row = next(r for r in rows if r.task == v.task and r.optimizer == v.optimizer)
         label = v.quantity if v.quantity in spec.metrics else targets[v.task].metric
-        row.verdicts.append(verdict_sentence(v, label.replace("_", " ")))
+        row.verdicts.append(verdict_sentence(v, label.replace("_", " "), bound))
     claims = study_claims(rows, spec.claims, spec.level)
     failed = [r for r in records if r.summary.get("status") in ("failed", "missing")]
     notes += _notes(rows)

@@ -79,8 +79,13 @@ def study_verdicts(
     margins: dict[str, float],
     level: float,
     extra: Sequence[Comparison] = (),
-) -> list[Verdict]:
-    """Every comparison of the study, ``extra`` ones included, decided together (Holm)."""
+) -> tuple[list[Verdict], list[str | None]]:
+    """Every comparison of the study, ``extra`` ones included, decided together (Holm).
+
+    Returns:
+        The verdicts and, for each, ``"at least"``/``"at most"`` when its
+        estimate is only a bound (a time-to-target pair the data cannot resolve).
+    """
     by_key = {(r.task, r.optimizer): r for r in rows}
     comparisons = []
     for row in rows:
@@ -95,7 +100,9 @@ def study_verdicts(
             comparisons.append(
                 Comparison(task, opt, str(base_name), quantity, analysis, margins[quantity], sign)
             )
-    return decide([*comparisons, *extra], level)
+    everything = [*comparisons, *extra]
+    bounds = [getattr(c.analysis, "estimate_bound", None) for c in everything]
+    return decide(everything, level), bounds
 
 
 def study_claims(
@@ -139,28 +146,42 @@ def _digits(width: float) -> int:
     return max(0, min(6, 1 - math.floor(math.log10(width))))
 
 
-def effect_text(quantity: str, estimate: float, low: float, high: float, level: float) -> str:
+def _bounded(estimate: float, bound: str | None) -> str:
+    """A speed-up the data only bound: "at most -1.3" reads "at least 130% later"."""
+    if bound is None:
+        return _pct(estimate)
+    later = estimate < 0
+    word = {("at most", True): "at least", ("at least", False): "at least"}.get(
+        (bound, later), "at most"
+    )
+    return f"{word} {_pct(estimate)}"
+
+
+def effect_text(
+    quantity: str, estimate: float, low: float, high: float, level: float,
+    bound: str | None = None,
+) -> str:
     """``+0.012 [95% CI -0.003, +0.027]`` or ``12% sooner [95% CI 5% later, 28% sooner]``."""
     pct = f"{level * 100:g}% CI"
     if quantity == "steps_to_target":
-        return f"{_pct(estimate)} [{pct} {_pct(low)} to {_pct(high)}]"
+        return f"{_bounded(estimate, bound)} [{pct} {_pct(low)} to {_pct(high)}]"
     digits = _digits(high - low)
     return f"{_number(estimate, digits)} [{pct} {_number(low, digits)}, {_number(high, digits)}]"
 
 
 def _mde_text(v: Verdict) -> str:
     if not math.isfinite(v.mde):
-        return f"no effect is detectable with {v.n_pairs} pairs"
+        return "too few pairs for any effect to be detectable"
     if v.quantity == "steps_to_target":
         return f"could not detect a speed-up under {v.mde * 100:.0f}%"
     return f"could not detect |difference| under {v.mde:.2g}"
 
 
-def verdict_sentence(v: Verdict, metric: str) -> str:
-    """One line for the terminal and the reports."""
+def verdict_sentence(v: Verdict, metric: str, bound: str | None = None) -> str:
+    """One line for the terminal and the reports (``bound``: see :func:`study_verdicts`)."""
     what = "steps to target" if v.quantity == "steps_to_target" else f"final {metric}"
     margin = f"±{v.margin * 100:g}%" if v.quantity == "steps_to_target" else f"±{v.margin:g}"
-    effect = effect_text(v.quantity, v.estimate, v.ci_low, v.ci_high, v.level)
+    effect = effect_text(v.quantity, v.estimate, v.ci_low, v.ci_high, v.level, bound)
     text = f"vs {v.baseline}: {what} {effect}"
     detail = {
         "better": f"p_adj {v.p_adjusted:.2g}",
