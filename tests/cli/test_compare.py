@@ -42,7 +42,7 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
         (["--seeds", "0"], "seeds"),
         (["--budget", "0"], "budget"),
         (["--level", "1.5"], "level"),
-        (["--tuning-repeats", "0"], "tuning_repeats"),
+        (["--tuning-repeats", "0"], "tuning-repeats"),
         (["--executor", "ray", "--workers", "0"], "workers"),
     ],
 )
