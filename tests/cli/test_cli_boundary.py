@@ -277,9 +277,9 @@ def _steplab(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, **kwargs)
 
 
-@pytest.mark.parametrize("argv", [["train", "--task", "beale", "--out", "/proc/x"],
-                                  ["train", "--task", "beale", "--seed", "99999999999999999999"]])
-def test_a_real_process_prints_one_line_and_exits_2(argv: list[str]) -> None:
+def test_a_real_process_prints_one_line_and_exits_2() -> None:
+    """The interpreter's own traceback printing is out of play in-process; check it once."""
+    argv = ["train", "--task", "beale", "--seed", "99999999999999999999"]
     proc = _steplab(*argv)
     _assert_one_error_line(proc.returncode, proc.stdout, proc.stderr, argv)
 
