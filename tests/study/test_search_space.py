@@ -130,3 +130,17 @@ def test_printed_space_parses_back_to_the_same_space(low: float, ratio: float, l
     text = f"lr={'log' if log else ''}({low!r}, {high!r})"
     space = parse_space(text, parse_spec("adam"))
     assert parse_space(str(space), parse_spec("adam")) == space
+
+
+def test_the_default_space_of_a_lookahead_grows_to_its_own_alpha_and_k() -> None:
+    """The registry lists alpha (from 10 trials) and k (from 25) for lookahead; use them."""
+    spec = parse_spec("lookahead(adam)")
+    assert [d.name for d in default_space(spec, 9).dims] == ["lr"]
+    assert [d.name for d in default_space(spec, 10).dims] == ["lr", "beta1", "alpha"]
+    wide = default_space(spec, 30)
+    k = next(d for d in wide.dims if d.name == "k")
+    assert k.integer and (k.low, k.high) == (3, 10)
+    assert "alpha" not in [d.name for d in default_space(parse_spec("lookahead(adam, alpha=0.5)"),
+                                                         30).dims]
+    tuned = wide.apply(spec, {d.name: d.low for d in wide.dims})
+    assert tuned.kwargs["k"] == 3 and tuned.inner is not None and "lr" in tuned.inner.kwargs

@@ -313,11 +313,13 @@ def parse_space(text: str, spec: OptimizerSpec) -> SearchSpace:
 
 
 def default_space(spec: OptimizerSpec, trials: int) -> SearchSpace:
-    """The registry's search space for ``spec``'s innermost optimizer, for a trial budget.
+    """The registry's search space for ``spec``, for a trial budget.
 
     A hyperparameter joins once ``trials`` reaches its ``min_trials`` (Tuning
     Playbook: learning rate always; β₁ from 10 trials, ε from 25, β₂ from 50).
-    Hyperparameters the spec fixes explicitly are left out.
+    The innermost optimizer's come first, then a wrapper's own (Lookahead's
+    ``alpha`` from 10 trials, ``k`` from 25). Hyperparameters the spec fixes
+    explicitly are left out.
 
     Example:
         >>> from steplab.optim import parse_spec
@@ -325,16 +327,19 @@ def default_space(spec: OptimizerSpec, trials: int) -> SearchSpace:
         'lr=log(1e-05, 0.1), beta1=(0.8, 0.99)'
         >>> str(default_space(parse_spec("adam(lr=0.01)"), 12))
         'beta1=(0.8, 0.99)'
+        >>> str(default_space(parse_spec("lookahead(sgd, k=5)"), 30))
+        'lr=log(0.0001, 1.0), alpha=(0.3, 0.9)'
     """
-    inner = spec.innermost
-    info = OPTIMIZERS[inner.name]
-    dims = []
-    for name, (low, high, scale, min_trials) in info.search_space.items():
-        fixed = name in inner.kwargs or (name in ("beta1", "beta2") and "betas" in inner.kwargs)
-        if trials >= min_trials and not fixed:
-            integer = isinstance(info.defaults.get(name), int) and not isinstance(
-                info.defaults.get(name), bool
-            )
+    dims: list[Dimension] = []
+    for level in _levels(spec):
+        info = OPTIMIZERS[level.name]
+        for name, (low, high, scale, min_trials) in info.search_space.items():
+            fixed = name in level.kwargs or (
+                name in ("beta1", "beta2") and "betas" in level.kwargs)
+            if trials < min_trials or fixed or name in (d.name for d in dims):
+                continue
+            default = info.defaults.get(name)
+            integer = isinstance(default, int) and not isinstance(default, bool)
             dims.append(Dimension(name, float(low), float(high), scale == "log", integer))
     return SearchSpace(tuple(dims))
 
