@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from steplab import checkpoint
 from steplab.observe import RunWatch
 from steplab.optim.lookahead_state import local_tensor
 from steplab.state.names import canonical_module
 from steplab.state.ranks import barrier
 from steplab.train.batches import BatchStream
+from steplab.train.checkpoints import load_latest, make_checkpointer, save_checkpoint
 from steplab.train.config import TrainConfig
 from steplab.train.distributed import agree, all_true, announce, leave, shard
 from steplab.train.evaluate import EvalBook, evaluate
@@ -92,11 +92,8 @@ class _Loop:
         self.stats: dict[str, Any] = {}
         self.reason: str | None = None
         self.report_error: Exception | None = None
-        self.ckpt = (
-            checkpoint.Checkpointer(s.run_dir.checkpoints, every=cfg.checkpoint_every,
-                                  keep_last=cfg.keep_checkpoints)
-            if s.run_dir is not None and cfg.checkpoint_every else None
-        )
+        self.ckpt = (make_checkpointer(s, cfg.checkpoint_every, cfg.keep_checkpoints)
+                     if cfg.checkpoint_every else None)
         self.observer: RunWatch | None = None
         self.clock = time.perf_counter()
 
@@ -121,13 +118,9 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the latest checkpoint when there is one; open ``metrics.jsonl``."""
         s = self.s
-        # damaged newer checkpoints are moved aside, so this run can save those steps again
-        latest = self.ckpt.latest(set_aside=True) if self.ckpt is not None and s.exists else None
-        if latest is not None:
-            res = checkpoint.load(latest, model=s.model, optimizer=s.optimizer,
-                                  scheduler=s.scheduler, scaler=s.scaler, restore_rng=True)
-            extra = res.extra
-            self.step = int(res.step)
+        found = load_latest(self.ckpt, s) if self.ckpt is not None and s.exists else None
+        if found is not None:
+            self.step, extra = found
             self.batches.load_state_dict(extra["data"])
             self.watch.load_state_dict(extra["watch"])
             if self.stopper is not None and extra["stopper"] is not None:
@@ -255,8 +248,7 @@ class _Loop:
             if not eval_now and self.target_due():
                 self.check_target()
             if self.ckpt is not None and self.step % self.ckpt.every == 0:
-                self.ckpt.save(self.step, model=s.model, optimizer=s.optimizer,
-                               scheduler=s.scheduler, scaler=s.scaler, extra=self.extra())
+                save_checkpoint(self.ckpt, self.step, s, self.extra())
         return "completed"
 
     def log_and_evaluate(
