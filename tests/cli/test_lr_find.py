@@ -68,7 +68,7 @@ def test_lr_find_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["--task", "beale", "--min-lr", "0"], "--min-lr: got 0.0"),
         (["--task", "beale", "--min-lr", "1", "--max-lr", "0.1"], "--max-lr: got 0.1"),
         (["--task", "beale", "--optimizer", "adam(lrr=1)"], "lrr"),
-        (["--task", "beale", "--steps", "1"], "num_steps: got 1"),
+        (["--task", "beale", "--steps", "1"], "--steps: got 1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(

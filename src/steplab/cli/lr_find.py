@@ -24,7 +24,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--optimizer", default="adam", help="optimizer spec; its lr is swept")
     parser.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate")
     parser.add_argument("--max-lr", type=float, default=10.0, help="last learning rate")
-    parser.add_argument("--steps", type=int, default=100, help="steps of the full sweep")
+    parser.add_argument("--steps", dest="num_steps", type=int, default=100,
+                        help="steps of the full sweep")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         min_lr=args.min_lr,
         max_lr=args.max_lr,
-        num_steps=args.steps,
+        num_steps=args.num_steps,
         beta=args.beta,
         stop_factor=args.stop_factor,
         data_dir=args.data_dir,
