@@ -112,6 +112,8 @@ def _bad_values(action: argparse.Action, places: dict[str, Path]) -> list[str]:
     if action.type is float:
         return _BAD_FLOAT
     afile = str(places["afile"])
+    if action.dest == "data_dir":  # may name a text file (byte-lm reads one)
+        return ["", "   ", afile + "/sub", "/proc/x/y"]
     return ["", "   ", afile, afile + "/sub", "/proc/x/y"]
 
 
