@@ -171,3 +171,25 @@ def test_the_ray_executor_runs_the_same_runs_bit_for_bit(ray_session: Any, tmp_p
     record = next(r for r in result.analysis.records if r.summary["status"] == "completed")
     here = execute_run(record.config, str(tmp_path / "here"))  # the same function, in this process
     assert here["final_params_sha256"] == remote[record.run_id]["final_params_sha256"]
+
+
+@pytest.mark.slow
+def test_a_registered_task_reaches_ray_workers(ray_session: Any, tmp_path: Path) -> None:
+    """Audit item 9 on Ray: the parent's register_task travels with every run."""
+    from steplab.tasks import get_task, register_task
+
+    task = get_task("rosenbrock")
+    task.name = "ray-registered-rosenbrock"
+    register_task(task, replace=True)
+    spec = StudySpec(
+        tasks=("ray-registered-rosenbrock",),
+        optimizers=("sgd(lr=0.0001)",),
+        seeds=1,
+        budget=1,
+        steps=10,
+        eval_every=5,
+        trajectories=(),
+    )
+    result = run_study(spec, tmp_path / "ray", executor="ray", workers=2, progress=False)
+    statuses = {r.summary["status"] for r in result.analysis.records}
+    assert statuses == {"completed"}, result.analysis.warnings
