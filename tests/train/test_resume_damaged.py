@@ -164,3 +164,30 @@ def test_latest_without_set_aside_only_reads(toy: Any, tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="skipping checkpoint step-00000002"):
         assert ckpt.latest() == root / "step-00000001"
     assert (root / "step-00000002").is_dir() and not _damaged(root)
+
+
+@pytest.mark.parametrize("kind", ["no commit marker", "empty directory", "a file in its place"])
+def test_a_damaged_sharded_checkpoint_is_set_aside_too(kind: str, tmp_path: Path) -> None:
+    """The same guard for the distributed checkpoints (ShardedCheckpointer)."""
+    import torch
+
+    from steplab.state.sharded_checkpointer import ShardedCheckpointer
+
+    model = torch.nn.Linear(3, 2)
+    ckpt = ShardedCheckpointer(tmp_path, every=1, keep_last=None)
+    ckpt.save(1, model=model)
+    ckpt.save(2, model=model)
+    damaged = tmp_path / "step-00000002"
+    if kind == "no commit marker":
+        (damaged / "COMMITTED").unlink()
+    else:
+        shutil.rmtree(damaged)
+        damaged.mkdir() if kind == "empty directory" else damaged.write_text("x")
+    with pytest.warns(UserWarning, match="step-00000002 is damaged .* moved it aside"):
+        assert ckpt.latest(set_aside=True) == tmp_path / "step-00000001"
+    assert [p.name for p in _damaged(tmp_path)] == ["damaged-step-00000002"]
+    assert (ckpt.save(2, model=model) / "COMMITTED").is_file()  # the step can be saved again
+    (tmp_path / "step-00000002" / "COMMITTED").unlink()
+    with pytest.warns(UserWarning, match="moved it aside to .*damaged-step-00000002-2"):
+        ckpt.save(2, model=model)  # save itself sets a damaged directory in its way aside
+    assert len(_damaged(tmp_path)) == 2

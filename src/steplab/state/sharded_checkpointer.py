@@ -7,7 +7,10 @@ the background, and the commit happens at the next save, :meth:`wait` or
 :meth:`close` (collectives too). :meth:`latest` returns the newest directory
 whose commit marker matches its metadata, so a save killed at any moment is
 never returned; rank 0 removes checkpoints beyond ``keep_last`` and the
-temporary directories of saves that died.
+temporary directories of saves that died. As with the single-process
+``Checkpointer``, a damaged ``step-N`` never blocks a run and is never
+deleted: ``latest(set_aside=True)`` (resuming) and :meth:`save` rename it to
+``damaged-step-N`` on rank 0, with one warning line, and every rank waits for that.
 
 >>> import tempfile, torch
 >>> ck = ShardedCheckpointer(tempfile.mkdtemp(), every=2, keep_last=1)
@@ -22,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,12 @@ class ShardedCheckpointer:
     def save(self, step: int, *, blocking: bool = True, **save_kwargs: Any) -> Path:
         """Save for ``step`` (a collective; see :func:`steplab.state.sharded.save_sharded`)."""
         self.wait()
+        target = self.path_for(step)
+        if target.exists():
+            try:
+                _open(target)
+            except CheckpointError as exc:  # our own step directory, damaged: keep it aside
+                self._set_aside([(target, str(exc))])
         result = save_sharded(self.path_for(step), step=step, blocking=blocking, **save_kwargs)
         if isinstance(result, PendingShardedSave):
             self._pending = result
@@ -96,10 +106,42 @@ class ShardedCheckpointer:
                 found.append(p)
         return sorted(found, key=lambda p: p.name)
 
-    def latest(self) -> Path | None:
-        """The newest committed checkpoint, or None."""
+    def latest(self, *, set_aside: bool = False) -> Path | None:
+        """The newest committed checkpoint, or None.
+
+        Args:
+            set_aside: also rename each damaged ``step-N`` newer than it to
+                ``damaged-step-N`` (rank 0; one warning each), so training on
+                can save those steps again (a collective then).
+        """
         done = self.checkpoints()
+        newest = done[-1].name if done else ""
+        if set_aside:
+            damaged = []
+            for p in sorted(self.root.iterdir()):
+                if _NAME.match(p.name) and p.name > newest:
+                    try:
+                        _open(p)
+                    except CheckpointError as exc:
+                        damaged.append((p, str(exc)))
+            self._set_aside(damaged)
         return done[-1] if done else None
+
+    def _set_aside(self, damaged: list[tuple[Path, str]]) -> None:
+        """Rank 0 renames each to a free ``damaged-<name>[-N]`` and warns; all ranks wait."""
+        if (process_group() or (0, 1))[0] == 0:
+            for path, reason in damaged:
+                aside, n = self.root / f"damaged-{path.name}", 1
+                while aside.exists():
+                    n += 1
+                    aside = self.root / f"damaged-{path.name}-{n}"
+                os.replace(path, aside)
+                warnings.warn(f"checkpoint {path.name} is damaged ({reason}); moved it aside "
+                              f"to {aside}", stacklevel=3)
+        if process_group() is not None:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def _rotate(self) -> None:
         if (process_group() or (0, 1))[0] != 0:

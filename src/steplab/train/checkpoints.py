@@ -34,7 +34,7 @@ def make_checkpointer(s: Session, every: int, keep_last: int | None) -> Saver | 
 def load_latest(ckpt: Saver, s: Session) -> tuple[int, dict[str, Any]] | None:
     """Load the newest good checkpoint into the session; return ``(step, extra)`` or None."""
     if isinstance(ckpt, ShardedCheckpointer):
-        latest: Path | None = ckpt.latest()
+        latest: Path | None = ckpt.latest(set_aside=True)
         if latest is None:
             return None
         meta = load_sharded(latest, model=s.model, optimizer=s.optimizer,
