@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +207,50 @@ def test_create_optimizer_picks_the_single_pass_class_and_a_spec_flag_pins_torch
     assert type(lookahead.optimizer) is SinglePassNAdam  # type: ignore[attr-defined]
     monkeypatch.setenv("STEPLAB_COMPILE", "auto")
     assert type(create_optimizer("rmsprop", params)) is torch.optim.RMSprop  # tiny: no compile
+
+
+def test_a_steplab_checkpoint_resumes_bit_exact_and_opens_on_torchs_path(
+    rule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from steplab.checkpoint import load, save
+
+    monkeypatch.setenv("STEPLAB_COMPILE", "always")
+    spec = "rmsprop(lr=0.01)" if rule == "rmsprop" else "nadam(lr=0.01)"
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+
+    straight = model()
+    opt = create_optimizer(spec, straight)
+    _steps(opt, list(straight.parameters()), 0, 6)
+    first = model()
+    opt = create_optimizer(spec, first)
+    _steps(opt, list(first.parameters()), 0, 3)
+    save(tmp_path / "ckpt", model=first, optimizer=opt, step=3)
+    for mode, expected in (("always", (SinglePassRMSprop, SinglePassNAdam)), ("never", None)):
+        monkeypatch.setenv("STEPLAB_COMPILE", mode)
+        resumed = model()
+        again = create_optimizer(spec, resumed)
+        assert expected is None or isinstance(again, expected)
+        load(tmp_path / "ckpt", model=resumed, optimizer=again)
+        _steps(again, list(resumed.parameters()), 3, 6)
+        for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+            if expected is not None:
+                assert torch.equal(p, q)  # same path: bit-exact
+            else:
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)  # torch's path
+
+
+def test_kernels_cache_under_steplabs_directory_unless_a_person_chose_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("STEPLAB_CACHE_DIR", str(tmp_path / "steplab"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert compiler.inductor_cache_dir() == tmp_path / "steplab" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own default
+    assert compiler.inductor_cache_dir() == tmp_path / "steplab" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compiler.inductor_cache_dir() == tmp_path / "mine"

@@ -8,10 +8,11 @@ with dynamic shapes and without the usual 0/1 size specialisation, so one graph
 serves every tensor size: a model never triggers a recompile by its shapes.
 
 The compiled code is cached by inductor's FX graph and AOTAutograd caches. Unless
-``TORCHINDUCTOR_CACHE_DIR`` is already set, steplab points it at
-``$STEPLAB_CACHE_DIR/inductor`` (default ``~/.cache/steplab/inductor``), which
-survives reboots, unlike inductor's default under ``/tmp``: a second process
-loads the kernel instead of compiling it.
+a person set ``TORCHINDUCTOR_CACHE_DIR``, steplab's kernels are compiled with it
+pointing at ``$STEPLAB_CACHE_DIR/inductor`` (default ``~/.cache/steplab/inductor``),
+which survives reboots, unlike inductor's default under ``/tmp``: a second
+process loads the kernel instead of compiling it. Other code's ``torch.compile``
+keeps its own directory.
 
 If compiling fails (no C++ compiler, no Triton, an inductor error) the kernel
 reports it once with a ``RuntimeWarning`` and says so from then on; callers
@@ -24,17 +25,24 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CACHE_ENV", "CompiledKernel", "cache_dir", "compiler_problem"]
+__all__ = [
+    "CACHE_ENV",
+    "CompiledKernel",
+    "cache_dir",
+    "compiler_problem",
+    "inductor_cache_dir",
+]
 
 #: environment variable naming steplab's cache directory
 CACHE_ENV = "STEPLAB_CACHE_DIR"
@@ -55,12 +63,38 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "steplab"
 
 
-def _point_inductor_at_cache() -> None:
-    """Make inductor cache under steplab's directory unless the user chose one."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        path = cache_dir() / "inductor"
-        path.mkdir(parents=True, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+def inductor_cache_dir() -> Path:
+    """Where steplab's kernels are cached: the user's ``TORCHINDUCTOR_CACHE_DIR``, else ours.
+
+    torch sets ``TORCHINDUCTOR_CACHE_DIR`` to its ``/tmp`` default the first time
+    any optimizer is built, so that value counts as unset.
+
+    Returns:
+        ``$TORCHINDUCTOR_CACHE_DIR`` when a person chose it, else
+        ``cache_dir() / "inductor"``.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return Path(chosen)
+    return cache_dir() / "inductor"
+
+
+@contextlib.contextmanager
+def _inductor_cache() -> Iterator[None]:
+    """Point inductor's caches at :func:`inductor_cache_dir` while we compile."""
+    path = inductor_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,7 +111,6 @@ def compiler_problem(device_type: str) -> str | None:
         >>> compiler_problem("meta")
         'inductor does not generate code for meta tensors'
     """
-    _point_inductor_at_cache()  # before inductor is imported: it fixes its directory then
     if device_type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
@@ -189,7 +222,6 @@ class CompiledKernel:
     def _compile_call(self, example: tuple[Any, ...]) -> None:
         from torch.fx.experimental import _config as fx_config
 
-        _point_inductor_at_cache()
         if self._compiled is None:
             self._compiled = torch.compile(
                 self.eager, backend=BACKEND, dynamic=True, fullgraph=True
@@ -200,6 +232,7 @@ class CompiledKernel:
         # size-oblivious: treat every length alike instead of specialising 0 and 1,
         # so the graph traced here (guards included) serves all lengths later
         with (
+            _inductor_cache(),
             inductor_config.patch(compile_threads=1),
             fx_config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
             torch.no_grad(),

@@ -236,6 +236,9 @@ class SinglePassRMSprop(torch.optim.RMSprop):
         ['grad_avg', 'momentum_buffer', 'square_avg', 'step']
     """
 
+    #: the class whose state layout this one keeps (checkpoints record it)
+    state_class: type[torch.optim.Optimizer] = torch.optim.RMSprop
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Take one step; see ``torch.optim.RMSprop.step``.
@@ -324,6 +327,9 @@ class SinglePassNAdam(torch.optim.NAdam):
         >>> sorted(opt.state[w])
         ['exp_avg', 'exp_avg_sq', 'mu_product', 'step']
     """
+
+    #: the class whose state layout this one keeps (checkpoints record it)
+    state_class: type[torch.optim.Optimizer] = torch.optim.NAdam
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

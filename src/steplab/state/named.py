@@ -109,7 +109,9 @@ class NamedLoadReport:
 
 
 def _class_name(obj: object) -> str:
-    cls = type(obj)
+    # a subclass that keeps torch's state layout names it (steplab's single-pass
+    # RMSprop/NAdam: their checkpoints load on torch's class and back)
+    cls = getattr(obj, "state_class", type(obj))
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
