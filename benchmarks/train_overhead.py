@@ -12,7 +12,11 @@ fit, ...) and each side's median wall time is reported; target: fit <= 1.05x.
 Then prints steps/s of ``fit`` on every built-in task (``mnist``/``cifar10``
 only when their files are under ``--data-dir``).
 
-Usage: ``python benchmarks/train_overhead.py [--quick] [--threads N] [--data-dir DIR]``
+``--task byte-lm`` measures the same on the byte-level transformer LM (Adam
+lr 3e-3, batch 32 windows of 64 bytes) and skips the per-task table.
+
+Usage: ``python benchmarks/train_overhead.py [--quick] [--threads N] [--data-dir DIR]
+[--task NAME] [--steps N] [--repeats N]``
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from steplab.tasks import get_task, list_tasks
 from steplab.train import TrainConfig, fit
 
 TASK, LR, BATCH, LOG_EVERY, CKPT_EVERY = "mnist1d-cnn", 1e-3, 100, 100, 500
+#: task -> (Adam lr, batch) of the overhead measurement
+SETTINGS = {"mnist1d-cnn": (1e-3, 100), "byte-lm": (3e-3, 32)}
 
 
 def hand_loop(steps: int, out: Path, seed: int = 0) -> None:
@@ -127,17 +133,39 @@ def per_task(steps: int, data_dir: str | None, console: Console) -> None:
 
 
 def main() -> None:
+    global TASK, LR, BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 steps, 3 repeats")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--data-dir", default=None, help="where mnist/cifar10 files are")
+    parser.add_argument("--task", default=TASK, choices=sorted(SETTINGS),
+                        help=f"task of the overhead measurement (default {TASK})")
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 1000)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per side (default 7)")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write the tables into docs/benchmarks.md (block train-overhead-TASK)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(record=True, width=100)
     console.print(f"torch {torch.__version__}, {args.threads} thread(s)")
     steps, repeats = (300, 3) if args.quick else (1000, 7)
+    steps, repeats = args.steps or steps, args.repeats or repeats
+    TASK, (LR, BATCH) = args.task, SETTINGS[args.task]
     overhead(steps, repeats, console)
-    per_task(50 if args.quick else 200, args.data_dir, console)
+    if args.task == "mnist1d-cnn":
+        per_task(50 if args.quick else 200, args.data_dir, console)
+    if args.write_docs:
+        import datetime
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from docblock import write_block
+
+        command = "python benchmarks/train_overhead.py " + " ".join(sys.argv[1:])
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+        body = f"Measured {when} UTC with `{command}`:\n\n```\n{console.export_text()}```"
+        write_block("benchmarks.md", f"train-overhead-{args.task}",
+                    "benchmarks/train_overhead.py", body)
 
 
 if __name__ == "__main__":

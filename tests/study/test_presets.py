@@ -35,3 +35,19 @@ def test_unknown_preset_and_preset_with_a_file_are_errors(
         preset("speed")
     assert main(["compare", "--preset", "memory", "examples/study.toml"]) == 2
     assert "--preset: give a preset, a spec file or --quick" in capsys.readouterr().err
+
+
+def test_example_file_is_the_lookahead_paper_preset() -> None:
+    assert load_study_spec(ROOT / "examples" / "lookahead-paper.toml") == preset("lookahead-paper")
+
+
+def test_lookahead_paper_preset_states_the_published_claim_on_every_local_task() -> None:
+    spec = preset("lookahead-paper")
+    assert "byte-lm" in spec.tasks and "mnist1d-cnn" in spec.tasks and "digits-mlp" in spec.tasks
+    assert {(c.optimizer, c.baseline) for c in spec.claims} == {
+        ("lookahead(adam)", "adam"), ("lookahead(momentum)", "momentum")}
+    assert all(c.quantity == "steps_to_target" and (c.at_least, c.at_most) == (0.3, 0.5)
+               for c in spec.claims)
+    assert spec.metrics == ("nll", "ece", "shift_accuracy")
+    small = load_preset("lookahead-paper", tasks=("mnist1d-logreg",), seeds=2)
+    assert small.tasks == ("mnist1d-logreg",) and len(small.claims) == 2

@@ -39,11 +39,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("memory",),
+        choices=("memory", "lookahead-paper"),
         default=None,
         help="a named study instead of the default one: 'memory' compares AdamW with "
         "fp32/bf16/int8/int4 state and Lookahead with a bf16 slow copy for parity "
-        "(examples/memory.toml; if unset: none)",
+        "(examples/memory.toml); 'lookahead-paper' judges the claim that Lookahead is "
+        "30-50%% faster than its inner optimizer on every built-in task without a download, "
+        "the byte-level LM included (examples/lookahead-paper.toml) (if unset: none)",
     )
     p.add_argument(
         "--tasks", default=None, help="comma-separated task names (if unset: the spec's)"
