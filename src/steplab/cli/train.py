@@ -135,8 +135,10 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     """The ``steplab train`` options each launched process gets: these, minus ``--nproc``."""
     out: list[str] = []
     for key, value in vars(args).items():
-        if key in ("command", "func", "version", "nproc") or value is None:
+        if key in ("command", "func", "version", "nproc") or key.startswith("_") or value is None:
             continue
+        if not isinstance(value, (bool, int, float, str)):
+            continue  # the CLI's own bookkeeping, not an option
         flag = "--" + key.replace("_", "-")
         if key == "monitor":
             out += [] if value else ["--no-monitor"]
