@@ -69,7 +69,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-monitor", dest="monitor", action="store_false",
                    help="do not log gradient norms and update ratios (monitor is on by default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--state-every", type=int, default=100,
+    p.add_argument("--state-every", type=int, default=200,
                    help="with the monitor on, log optimizer-state statistics (moments, step "
                    "sizes, update ratios, Lookahead gap) to metrics.jsonl every N steps")
     p.add_argument("--histogram-every", type=int, default=None,

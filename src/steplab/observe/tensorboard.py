@@ -1,7 +1,8 @@
 """TensorBoard event files for a run: scalars of every ``metrics.jsonl`` row, moment histograms.
 
-:class:`RunBoard` writes through tensorboardX (numpy and protobuf only, not the
-full tensorboard package) into the run directory itself, so
+:class:`RunBoard` writes through tensorboardX's event-file writer (numpy and
+protobuf only, not the full tensorboard package; one event per row, written on
+its background thread) into the run directory itself, so
 ``tensorboard --logdir runs/`` shows each run under its directory name. Tags:
 
 ============================  ==========================================================
@@ -90,27 +91,37 @@ class RunBoard:
 
     def __init__(self, logdir: str | os.PathLike[str], purge_step: int | None = None,
                  flush_secs: int = 10) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+        from tensorboardX.writer import FileWriter
 
-        self._writer = SummaryWriter(logdir=str(logdir), purge_step=purge_step,
-                                     flush_secs=flush_secs)
+        self._writer = FileWriter(str(logdir), flush_secs=flush_secs)
+        if purge_step is not None:  # as SummaryWriter(purge_step=...) does
+            self._writer.add_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self._writer.add_event(Event(step=purge_step,
+                                         session_log=SessionLog(status=SessionLog.START)))
 
     def log_row(self, row: Mapping[str, Any]) -> None:
-        """Write every scalar of a ``metrics.jsonl`` row at its ``step``."""
-        step = int(row["step"])
-        for tag, value in scalar_tags(row).items():
-            self._writer.add_scalar(tag, value, step)
+        """Write every scalar of a ``metrics.jsonl`` row at its ``step``, as one event."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value)
+                  for tag, value in scalar_tags(row).items()]
+        if values:
+            self._writer.add_summary(Summary(value=values), int(row["step"]))
 
     def log_moments(self, step: int, optimizer: torch.optim.Optimizer,
                     names: Sequence[str], params: Sequence[torch.Tensor]) -> None:
         """Write histograms of each parameter's first- and second-moment buffers."""
+        from tensorboardX.summary import histogram
+
         state = inner_of(optimizer).state
         for name, p in zip(names, params, strict=True):
             for key, value in state.get(p, {}).items():
                 moment = key in FIRST_MOMENT or key in SECOND_MOMENT
                 if moment and isinstance(value, torch.Tensor) and value.numel():
                     data = value.detach().float().cpu().numpy().ravel()
-                    self._writer.add_histogram(f"moments/{name}/{key}", data, step)
+                    self._writer.add_summary(
+                        histogram(f"moments/{name}/{key}", data, 64), step)
 
     def close(self) -> None:
         """Flush and close the event file."""

@@ -152,7 +152,7 @@ class TrainConfig:
     monitor: bool = True
     eval_splits: tuple[str, ...] = field(default=EVAL_SPLITS)
     device: str = "cpu"
-    state_every: int = 100
+    state_every: int = 200
     histogram_every: int | None = None
     tensorboard: bool = True
     target_every: int | None = None
