@@ -82,3 +82,15 @@ def test_out_holding_another_run_exits_2_and_is_not_touched(
     err = capsys.readouterr().err
     assert "out: got" in err and "holds run" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_launched_ranks_get_the_observation_options() -> None:
+    from steplab.cli import build_parser
+    from steplab.cli.train import _worker_args
+
+    args = build_parser().parse_args(["train", "--task", "beale", "--keep-checkpoints", "all",
+                                      "--no-tensorboard", "--state-every", "5"])
+    worker = _worker_args(args)
+    assert "--no-tensorboard" in worker
+    assert worker[worker.index("--keep-checkpoints") + 1] == "all"
+    assert worker[worker.index("--state-every") + 1] == "5"

@@ -135,6 +135,9 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     """The ``steplab train`` options each launched process gets: these, minus ``--nproc``."""
     out: list[str] = []
     for key, value in vars(args).items():
+        if key == "keep_checkpoints" and value is None:  # None is `--keep-checkpoints all`
+            out += ["--keep-checkpoints", "all"]
+            continue
         if key in ("command", "func", "version", "nproc") or key.startswith("_") or value is None:
             continue
         if not isinstance(value, (bool, int, float, str)):
