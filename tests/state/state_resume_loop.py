@@ -28,7 +28,8 @@ N_SAMPLES, BATCH, EVERY = 96, 16, 4
 
 def build(spec: str) -> tuple[nn.Module, Any, Any, Any]:
     gen = torch.Generator().manual_seed(1234)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 3))
+    width = 512 if "state=" in spec else 16  # lean state quantises tensors of >= 4096 elements
+    model = nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Dropout(0.2), nn.Linear(width, 3))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)

@@ -32,6 +32,7 @@ SPECS = [
     "momentum(lr=0.1, momentum=0.9, fused=False)",
     "adamw(lr=0.01)",
     "lookahead(adamw(lr=0.01), k=3)",
+    "adamw(lr=0.01, state=int4)",  # packed 4-bit codes and fp32 scales (the loop widens the model)
 ]
 _FORK = mp.get_context("fork")
 

@@ -125,6 +125,7 @@ def _kill_at(proc: subprocess.Popen[bytes], run: Path, step: int) -> bool:
 @pytest.mark.parametrize(
     ("optimizer", "n_kills"),
     [("adamw", 2), ("lookahead(adamw)", 2),
+     ("lookahead(adamw(state=int8), slow=bf16)", 2),  # uint8 codes, fp32 scales, bf16 slow
      pytest.param("lookahead(adamw, k=6)", 5, marks=pytest.mark.slow)],
 )
 def test_sigkill_at_random_steps_then_resume_is_bit_exact(

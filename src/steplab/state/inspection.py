@@ -39,6 +39,7 @@ from torch import nn
 
 from steplab.errors import CheckpointError
 from steplab.optim import OPTIMIZERS
+from steplab.optim.lean_buffers import read_buffer
 from steplab.optim.lookahead_state import SLOW_KEYS
 from steplab.state.codec import decode
 from steplab.state.manifest import MANIFEST, open_checkpoint
@@ -114,6 +115,12 @@ class StateReport:
         return sum(p.param_bytes for p in self.params)
 
     @property
+    def bytes_per_param(self) -> float:
+        """State bytes per parameter element (Adam 8, ``state=int8`` about 2.03)."""
+        numel = sum(math.prod(p.shape) for p in self.params)
+        return self.state_bytes / numel if numel else 0.0
+
+    @property
     def ratio(self) -> float:
         """State bytes per parameter byte (Adam about 2, Lookahead(Adam) about 3)."""
         return self.state_bytes / self.param_bytes if self.param_bytes else 0.0
@@ -122,6 +129,7 @@ class StateReport:
         """A JSON-serialisable dict (totals included)."""
         return {"optimizer": self.optimizer, "source": self.source, "state_bytes": self.state_bytes,
                 "param_bytes": self.param_bytes, "ratio": self.ratio,
+                "bytes_per_param": self.bytes_per_param,
                 "groups": list(self.groups), "params": [asdict(p) for p in self.params]}
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -161,6 +169,7 @@ def _summary_table(report: StateReport) -> Table:
     table.add_row("state bytes", _size(report.state_bytes))
     table.add_row("parameter bytes", _size(report.param_bytes))
     table.add_row("state / parameters", f"{report.ratio:.2f}x")
+    table.add_row("state bytes per parameter", f"{report.bytes_per_param:.3g}")
     for i, group in enumerate(report.groups):
         table.add_row(f"group {i}", ", ".join(f"{k}={v}" for k, v in group.items()))
     return table
@@ -254,6 +263,15 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _decoded(buffers: Mapping[str, Any], numel: int) -> dict[str, Any]:
+    """``buffers`` with lean state's codes and scales decoded to float32 moments (statistics)."""
+    out = dict(buffers)
+    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+        if name not in out and f"{name}_codes" in out:
+            out[name] = read_buffer(out, name, numel)
+    return out
+
+
 def report_from_named(named: Mapping[str, Any],
                       params: Mapping[str, tuple[str, int]]) -> StateReport:
     """Build a :class:`StateReport` from a named state dict.
@@ -273,13 +291,15 @@ def report_from_named(named: Mapping[str, Any],
             buffers = {k: v for k, v in saved.items() if k not in SLOW_KEYS}
             extra = {f"lookahead.{k}": v for k, v in saved.items() if k in SLOW_KEYS}
             infos = tuple(_buffer_info(k, v) for k, v in {**buffers, **extra}.items())
-            mean_abs_m, rms_v = _moment_stats(buffers)
+            shape = tuple(named["param_shapes"].get(name, ()))
+            decoded = _decoded(buffers, math.prod(shape))
+            mean_abs_m, rms_v = _moment_stats(decoded)
             step = buffers.get("step")
             dtype, nbytes = params.get(name, ("?", 0))
             rows.append(ParamState(
-                name, g_index, tuple(named["param_shapes"].get(name, ())), dtype, nbytes, infos,
+                name, g_index, shape, dtype, nbytes, infos,
                 None if step is None else _number(step), mean_abs_m, rms_v,
-                _step_size(buffers, group)))
+                _step_size(decoded, group)))
     groups = tuple({k: _json_value(v) for k, v in g.items() if k != "params"}
                    for g in named["param_groups"])
     label = str(named.get("spec") or named.get("optimizer"))

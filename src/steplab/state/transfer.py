@@ -59,6 +59,9 @@ from steplab.state.inspection import FIRST_MOMENT
 from steplab.state.named import check_named_state_dict, load_named_state_dict, migrate_named
 from steplab.state.names import inner_of, is_lookahead, named_parameters
 
+#: a lean optimizer's first moment (steplab.optim.lean): its codes and block scales
+_LEAN_FIRST_MOMENT = frozenset({"exp_avg_codes", "exp_avg_absmax"})
+
 __all__ = ["POLICIES", "TransferReport", "transfer"]
 
 Policy = Literal["keep", "reset", "keep-second-moment"]
@@ -144,8 +147,10 @@ def _restart_first_moments(optimizer: torch.optim.Optimizer, model: nn.Module,
         for name in names:
             buffers = inner.state.get(params[name], {})
             buffers.pop("momentum_buffer", None)  # None is how torch's SGD marks a fresh buffer
-            for key in FIRST_MOMENT & set(buffers):
-                buffers[key].zero_()
+            for key in ("momentum_buffer_codes", "momentum_buffer_absmax"):  # lean state's form
+                buffers.pop(key, None)
+            for key in (FIRST_MOMENT | _LEAN_FIRST_MOMENT) & set(buffers):
+                buffers[key].zero_()  # lean codes and scales of 0 decode to a zero moment
         if is_lookahead(optimizer):
             for param, slow in optimizer.slow_state.items():  # type: ignore[attr-defined]
                 slow["slow_param"].copy_(param)
