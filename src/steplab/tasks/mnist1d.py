@@ -272,10 +272,11 @@ class Mnist1dTask(ClassificationTask):
 #: logreg keeps the MNIST-1D trainer's Adam lr 0.01 and batch 100 (it plateaus by 1000
 #: steps); the width-256 MLP overfits at lr 0.01 (65.2% over 10 seeds through fit after
 #: 2500 steps) and reaches 67.2% at lr 0.005 in 2000 steps; the CNN reaches the paper's
-#: accuracy at batch 200 and lr 0.02 in 1500 steps, where the trainer's setting stays
-#: near 91% even after 8000.
+#: accuracy at batch 200 and lr 0.02, where the trainer's setting stays near 91% even
+#: after 8000 steps; 3000 steps rather than 1500 lift its 10-seed mean through fit from
+#: 92.5% (min 90.8%) to about 93% (min 92.4%), docs/tasks.md (benchmarks/mnist1d_seeds.py).
 MNIST1D_TASKS: dict[str, tuple[tuple[int, int, float], Target]] = {
     "logreg": ((1000, 100, 1e-2), Target("test_accuracy", 0.30, "max")),
     "mlp": ((2000, 100, 5e-3), Target("test_accuracy", 0.62, "max")),
-    "cnn": ((1500, 200, 2e-2), Target("test_accuracy", 0.90, "max")),
+    "cnn": ((3000, 200, 2e-2), Target("test_accuracy", 0.90, "max")),
 }
