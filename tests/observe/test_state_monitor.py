@@ -167,3 +167,21 @@ def test_observation_fields_do_not_change_the_run_id() -> None:
     base = TrainConfig(task="rosenbrock")
     assert TrainConfig(task="rosenbrock", state_every=7, tensorboard=False,
                        histogram_every=3).run_id == base.run_id
+
+
+def test_lean_int8_state_is_decoded_before_it_is_measured() -> None:
+    from steplab.optim.lean import LeanAdam
+    from steplab.state.inspection import decoded_buffers
+
+    model = _model()
+    opt = LeanAdam(model.parameters(), lr=0.1, state="int8")
+    with StateMonitor(opt, model, every=2) as monitor:
+        _run(model, opt, monitor, 2)
+    row = monitor.last
+    assert row is not None
+    moments = decoded_buffers(opt.state[model.weight], model.weight.numel())
+    assert row["layers"]["weight"]["m_norm"] == pytest.approx(
+        float(moments["exp_avg"].norm()), rel=1e-5)
+    v = moments["exp_avg_sq"].float().numpy().ravel()
+    assert row["layers"]["weight"]["v_p50"] == pytest.approx(np.quantile(v, 0.5), rel=1e-5)
+    assert "step_size_median" in row

@@ -44,7 +44,12 @@ import torch
 from torch import nn
 
 from steplab.errors import SpecError
-from steplab.state.inspection import FIRST_MOMENT, SECOND_MOMENT, effective_step_size
+from steplab.state.inspection import (
+    FIRST_MOMENT,
+    SECOND_MOMENT,
+    decoded_buffers,
+    effective_step_size,
+)
 from steplab.state.names import inner_of, is_lookahead, named_parameters
 
 __all__ = ["Row", "StateMonitor"]
@@ -225,13 +230,15 @@ class StateMonitor:
         layers: dict[str, dict[str, float]] = {}
         vs: list[torch.Tensor] = []
         sizes: list[torch.Tensor] = []
+        decoded: dict[str, dict[str, Any]] = {}
         with torch.no_grad():
             params = [p.detach() for _, p, _ in self._params]
             deltas = _norms(list(torch._foreach_sub(params, list(before))))
             norms = _norms(list(before))
             for (name, p, group), delta, norm in zip(self._params, deltas, norms, strict=True):
                 stats = layers[name] = {"update_ratio": delta / norm if norm > 0 else 0.0}
-                buffers = state.get(p, {})
+                buffers = decoded_buffers(state.get(p, {}), p.numel())  # lean state: decoded
+                decoded[name] = buffers
                 v = _first(buffers, SECOND_MOMENT)
                 if v is not None:
                     vs.append(v.detach().reshape(-1).float())
@@ -242,8 +249,8 @@ class StateMonitor:
                     stats |= _step_stats(size)
                 if name in self._gap:
                     stats["slow_fast_distance"] = self._gap[name]
-            firsts = [(name, m) for name, p, _ in self._params
-                      if (m := _first(state.get(p, {}), FIRST_MOMENT)) is not None]
+            firsts = [(name, m) for name, _, _ in self._params
+                      if (m := _first(decoded[name], FIRST_MOMENT)) is not None]
             for (name, _), m_norm in zip(firsts, _norms([m for _, m in firsts]), strict=True):
                 layers[name]["m_norm"] = m_norm
         m_sq = sum(layers[name]["m_norm"] ** 2 for name, _ in firsts)

@@ -50,6 +50,7 @@ __all__ = [
     "BufferInfo",
     "ParamState",
     "StateReport",
+    "decoded_buffers",
     "effective_step_size",
     "inspect",
     "inspect_checkpoint",
@@ -263,7 +264,7 @@ def _finite(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _decoded(buffers: Mapping[str, Any], numel: int) -> dict[str, Any]:
+def decoded_buffers(buffers: Mapping[str, Any], numel: int) -> dict[str, Any]:
     """``buffers`` with lean state's codes and scales decoded to float32 moments (statistics)."""
     out = dict(buffers)
     for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
@@ -292,7 +293,7 @@ def report_from_named(named: Mapping[str, Any],
             extra = {f"lookahead.{k}": v for k, v in saved.items() if k in SLOW_KEYS}
             infos = tuple(_buffer_info(k, v) for k, v in {**buffers, **extra}.items())
             shape = tuple(named["param_shapes"].get(name, ()))
-            decoded = _decoded(buffers, math.prod(shape))
+            decoded = decoded_buffers(buffers, math.prod(shape))
             mean_abs_m, rms_v = _moment_stats(decoded)
             step = buffers.get("step")
             dtype, nbytes = params.get(name, ("?", 0))
