@@ -11,9 +11,10 @@ none; for them steplab's single-pass compiled step
 * without a compiler for the parameters' device (no C++ compiler on CPU, no
   Triton on GPU) torch's path is taken.
 
-Why a size and not a timer: the compile is paid once per process (about 1-3 s
-of CPU with a warm on-disk cache, 10-60 s cold), the saving per step is about
-1 ns per parameter element on CPU. Below a million elements a run would need
+Why a size and not a timer: the compile is paid once per process (about 3 s
+of CPU with a warm on-disk cache, about 13 s cold, measured by
+``benchmarks/compile_cost.py``), the saving per step about 0.7 ns per
+parameter element on CPU. Below a million elements a run would need
 many thousands of steps to win back even the warm-cache start, so small
 models (every built-in task, the default ``steplab compare`` study) keep
 torch's path and start at once. A rule that switched paths when a background
