@@ -7,7 +7,7 @@ when they import (neither is a steplab dependency). Repeats are interleaved
 (order shuffled every repeat) and medians reported, so background load hits
 every variant alike; ratios are against fused fp32 in the same run.
 
-Peak extra memory of a step: glibc is told to serve every allocation of 64 KiB
+Peak extra memory of a step: glibc is told to serve every allocation of 4 KiB
 or more by mmap and to give freed memory back at once, then the kernel's peak
 RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS before the step
 is what the step allocated at its peak.
@@ -49,13 +49,13 @@ Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
 def _glibc_returns_memory() -> bool:
-    """mmap every allocation >= 64 KiB and trim at once, so peak RSS sees each step's scratch."""
+    """mmap every allocation >= 4 KiB and trim at once, so peak RSS sees each step's scratch."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 64 * 1024) and libc.mallopt(m_trim_threshold, 0))
+    return bool(libc.mallopt(m_mmap_threshold, 4096) and libc.mallopt(m_trim_threshold, 0))
 
 
 def _params(seed: int) -> list[torch.Tensor]:
@@ -99,12 +99,12 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
     total = 0
     for buffers in opt.state.values():
         for value in buffers.values():
-            if isinstance(value, torch.Tensor):
-                total += value.numel() * value.element_size()
-            elif hasattr(value, "__tensor_flatten__"):  # torchao's quantised tensor subclass
-                names, _ = value.__tensor_flatten__()
+            if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+                names, _ = value.__tensor_flatten__()  # torchao's quantised tensor subclass
                 total += sum(getattr(value, n).numel() * getattr(value, n).element_size()
                              for n in names)
+            elif isinstance(value, torch.Tensor):
+                total += value.numel() * value.element_size()
     return total
 
 
