@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: Any) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -209,8 +210,8 @@ def _print_table(result: Any) -> None:
     from steplab.study.report_protocol import resolution_text
     from steplab.study.report_verdicts import claim_sentence
 
-    columns = ("optimizer", "lr", "status", "final", "best", "steps to target", "step ms",
-               *result.analysis.metrics)
+    # what fits 80 columns; report.md/html add "best", time to target, loss AUC, step ms
+    columns = ("optimizer", "lr", "status", "final", "steps to target", *result.analysis.metrics)
     console = Console()
     for claim in result.analysis.claims:
         console.print(f"[bold]claim[/bold] {claim_sentence(claim)}", highlight=False)
@@ -218,10 +219,13 @@ def _print_table(result: Any) -> None:
         op = ">=" if target.mode == "max" else "<="
         table = Table(
             title=f"{task} (target {target.metric} {op} {target.value:g}; "
-            f"{resolution_text(result.analysis, task)})"
+            f"{resolution_text(result.analysis, task)})",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
         )
         for col in columns:
-            table.add_column(col, justify="left" if col == "optimizer" else "right")
+            left = col == "optimizer"
+            table.add_column(col, justify="left" if left else "right", no_wrap=left)
         for row in (r for r in result.analysis.rows if r.task == task):
             cells = table_cells(row)
             table.add_row(*(cells[c] for c in columns))
