@@ -161,3 +161,20 @@ def test_cli_convert_and_inspect_read_both_formats(roundtrip: dict[str, Any],
     assert main(["checkpoint", "convert", str(src), str(tmp_path / "one")]) == 0
     assert main(["inspect", str(tmp_path / "one"), "--json"]) == 0
     assert main(["checkpoint", "convert", str(src), str(tmp_path / "one")]) == 2  # exists
+
+
+def test_latest_skips_what_a_killed_save_leaves(tmp_path: Path) -> None:
+    """A save killed before its marker leaves a temporary or unmarked directory: never returned."""
+    import shutil
+
+    from steplab.state.sharded_checkpointer import ShardedCheckpointer
+
+    ck = ShardedCheckpointer(tmp_path, every=1, keep_last=None)
+    model = checks.net()
+    good = ck.save(4, model=model)
+    killed = ck.path_for(8)
+    shutil.copytree(good, killed)
+    (killed / MARKER).unlink()  # files written, marker never reached
+    shutil.copytree(good, tmp_path / ".tmp-step-00000012-dead")
+    assert ck.latest() == good
+    assert load_sharded(ck.latest() or good, model=checks.net())["step"] == 4
