@@ -105,7 +105,7 @@ def test_nproc_2_launches_two_ranks_and_only_rank_zero_writes(tmp_path: Path) ->
     proc = subprocess.run(
         [sys.executable, "-m", "steplab", "train", "--task", "mnist1d-logreg", "--steps", "6",
          "--batch-size", "32", "--quiet", "--json", "--no-tensorboard", "--nproc", "2",
-         "--out", str(out)], capture_output=True, text=True, timeout=240)
+         "--out", str(out)], capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = _json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["world_size"] == 2 and summary["global_batch_size"] == 32
@@ -121,7 +121,7 @@ def test_nproc_run_whose_ranks_fail_ends_with_one_line_naming_the_rank(tmp_path:
     proc = subprocess.run(
         [sys.executable, "-m", "steplab", "train", "--task", "mnist1d-logreg", "--steps", "3",
          "--batch-size", "31", "--quiet", "--nproc", "2"],
-        capture_output=True, text=True, timeout=240)
+        capture_output=True, text=True, timeout=480)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("steplab train: error: rank 0 of 2 exited with code 2"), last
