@@ -37,6 +37,8 @@ def main() -> None:
                         help="search trials (default: preset's)")
     parser.add_argument("--workers", type=int, default=1, help="parallel runs (default 1)")
     parser.add_argument("--out", default=None, help="study directory (default: a temporary one)")
+    parser.add_argument("--block", default=None,
+                        help="suffix of the docs block name, for several runs of one preset")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tasks = tuple(args.tasks.split(",")) if args.tasks else None
@@ -57,8 +59,8 @@ def main() -> None:
     )
     print(header)
     print(body)
-    write_block("presets.md", f"preset-{args.name}", "benchmarks/run_preset.py",
-                header + "\n\n" + body)
+    block = f"preset-{args.name}" + (f"-{args.block}" if args.block else "")
+    write_block("presets.md", block, "benchmarks/run_preset.py", header + "\n\n" + body)
 
 
 if __name__ == "__main__":
