@@ -22,6 +22,7 @@ from torch import nn
 from steplab.errors import SpecError
 from steplab.optim import parse_spec
 from steplab.state.names import canonical_module
+from steplab.state.ranks import barrier
 from steplab.tasks import Task, TaskData, get_task
 from steplab.train.batches import Plan, plan_run
 from steplab.train.config import TrainConfig
@@ -148,6 +149,7 @@ def prepare(config: TrainConfig, out_dir: str | Path | None, resume: bool) -> Se
     if run_dir is None and resume:
         raise SpecError("resume: got True without an output directory, expected out_dir to be set")
     exists = run_dir.check(resume) if run_dir is not None else False
+    barrier()  # every rank has looked at the run directory before rank 0 writes into it
     eval_every = config.eval_every or max(1, plan.total_steps // 10)
     return Session(config, task, data, plan, model, [n for n, _ in named], [p for _, p in named],
                    optimizer, scheduler, scaler, eval_every, run_dir, exists, world)
