@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from steplab.errors import SpecError
+from steplab.optim.closure import evaluate_closure
 from steplab.optim.lean_buffers import STATE_KINDS, LeanBuffer, read_buffer
 from steplab.optim.quantize import Scratch
 
@@ -304,10 +305,7 @@ class LeanAdam(_LeanOptimizer):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         todo, work, chunk = self._prepare()
         for group, p in todo:
             assert work is not None
@@ -378,10 +376,7 @@ class LeanSGD(_LeanOptimizer):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         fresh = {p for g in self.param_groups for p in g["params"] if not self._complete(g, p)}
         todo, work, chunk = self._prepare()
         for group, p in todo:

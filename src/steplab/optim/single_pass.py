@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from steplab.optim.closure import evaluate_closure
 from steplab.optim.compiler import CompiledKernel
 
 __all__ = [
@@ -191,13 +192,6 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
     return True
 
 
-def _closure_loss(closure: Callable[[], float] | None) -> float | None:
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
-
-
 def _plain_groups(optimizer: torch.optim.Optimizer) -> bool:
     """Whether every group is one the kernels handle (not capturable, not differentiable)."""
     return not any(g.get("capturable") or g.get("differentiable") for g in optimizer.param_groups)
@@ -251,7 +245,7 @@ class SinglePassRMSprop(torch.optim.RMSprop):
         """
         if not _plain_groups(self):
             return cast(float | None, super().step(closure))
-        loss = _closure_loss(closure)
+        loss = evaluate_closure(closure)
         calls: list[Call] = []
         steps: list[Tensor] = []
         hyper = _HyperCache()
@@ -343,7 +337,7 @@ class SinglePassNAdam(torch.optim.NAdam):
         """
         if not _plain_groups(self):
             return cast(float | None, super().step(closure))
-        loss = _closure_loss(closure)
+        loss = evaluate_closure(closure)
         calls: list[Call] = []
         steps: list[Tensor] = []
         products: list[tuple[Tensor, Tensor]] = []
