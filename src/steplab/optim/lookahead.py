@@ -1,16 +1,17 @@
 """Lookahead (Zhang, Lucas, Ba, Hinton 2019) as a ``torch.optim.Optimizer``.
 
 The wrapper shares the inner optimizer's ``param_groups``, ``state`` and
-``defaults`` objects, so LR schedulers, hyperparameter edits, ``GradScaler``
-and ``add_param_group`` act on one set of groups. Its own state lives in
-torch's protocol (see :mod:`steplab.optim.lookahead_state`): slow weights in
-each parameter's state, settings and the step counter in each group.
+``defaults`` objects (:mod:`steplab.optim.lookahead_protocol`), so LR
+schedulers, hyperparameter edits, ``GradScaler`` and ``add_param_group`` act on
+one set of groups. Its own state lives in torch's protocol (see
+:mod:`steplab.optim.lookahead_state`): slow weights in each parameter's state,
+settings and the step counter in each group. This module is the algorithm:
+step, sync and the slow-weight views.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,34 +20,25 @@ from torch import Tensor
 
 from steplab.errors import SpecError
 from steplab.optim.interpolate import run_sync
+from steplab.optim.lookahead_protocol import LookaheadProtocol
 from steplab.optim.lookahead_state import (
     PULLBACK_MODES,
     SLOW_KEYS,
-    check_loadable,
     check_pullback,
     check_settings,
     is_initialising_step,
     local_optimizer,
     local_tensor,
-    migrate_state_dict,
     momentum_buffer_name,
 )
-from steplab.optim.lookahead_sync import SLOW_FORMS, keep_bf16, plan_group, slow_buffer
+from steplab.optim.lookahead_sync import SLOW_FORMS, plan_group, slow_buffer
 
 __all__ = ["PULLBACK_MODES", "Lookahead", "momentum_buffer_name"]
 
-_HOOK_DICTS = (
-    "_optimizer_step_pre_hooks",
-    "_optimizer_step_post_hooks",
-    "_optimizer_state_dict_pre_hooks",
-    "_optimizer_state_dict_post_hooks",
-    "_optimizer_load_state_dict_pre_hooks",
-    "_optimizer_load_state_dict_post_hooks",
-)
 _SLOW = frozenset(SLOW_KEYS)
 
 
-class Lookahead(torch.optim.Optimizer):
+class Lookahead(LookaheadProtocol):
     r"""Lookahead around any torch optimizer, exactly as Algorithm 1 of the paper.
 
     Slow weights φ start as the parameters at their first step (φ₀ = θ₀). Each
@@ -119,16 +111,9 @@ class Lookahead(torch.optim.Optimizer):
         check_settings(k, alpha, pullback)
         for group in optimizer.param_groups:
             check_pullback(optimizer, group, pullback)
-        # torch.optim.Optimizer.__init__ would re-add the groups; set up its hook
-        # machinery by hand and share the inner groups/state/defaults instead.
-        for name in _HOOK_DICTS:
-            setattr(self, name, OrderedDict())
-        self._patch_step_function()
-        self._warned_capturable_if_run_uncaptured = True
-        self.optimizer = optimizer
+        self._share(optimizer)  # its groups, state and defaults become this wrapper's
         self._settings = {"lookahead_k": int(k), "lookahead_alpha": float(alpha),
                           "lookahead_pullback": pullback, "lookahead_slow": slow}
-        self._sync_cache: dict[str, dict[str, Any]] = {}  # block views reused by each sync
         for group in self.param_groups:
             for key, value in {**self._settings, "lookahead_step": 0}.items():
                 group.setdefault(key, value)
@@ -170,33 +155,6 @@ class Lookahead(torch.optim.Optimizer):
 
         build.__name__ = f"Lookahead_{getattr(optimizer_class, '__name__', 'optimizer')}"
         return build
-
-    # The wrapper has no groups or state of its own: these are the inner ones.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups[:] = groups
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        new = dict(state)
-        self.optimizer.state.clear()
-        self.optimizer.state.update(new)
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, defaults: dict[str, Any]) -> None:
-        self.optimizer.defaults = defaults
 
     def _group_value(self, key: str) -> Any:
         groups = self.param_groups
@@ -242,28 +200,9 @@ class Lookahead(torch.optim.Optimizer):
                     out[p] = slow
         return out
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_sync_cache": {}}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._patch_step_function()
-
     def __repr__(self) -> str:
         inner = type(self.optimizer).__name__
         return f"Lookahead({inner}, k={self.k}, alpha={self.alpha}, pullback={self.pullback!r})"
-
-    def _local_state(self) -> Any:
-        """The state dict that holds this process's per-parameter buffers."""
-        return local_optimizer(self.optimizer).state
-
-    def _local_groups(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
-        """Each group's settings with the parameters whose state this process holds."""
-        local = local_optimizer(self.optimizer)
-        if local is self.optimizer:
-            return [(g, list(g["params"])) for g in self.param_groups]
-        return [(g, list(lg["params"]))
-                for g, lg in zip(self.param_groups, local.param_groups, strict=True)]
 
     def _add_slow(self, params: list[Tensor], values: dict[Tensor, Tensor] | None = None
                   ) -> None:
@@ -428,56 +367,3 @@ class Lookahead(torch.optim.Optimizer):
         """
         params, slows = self._all_params()
         torch._foreach_copy_(params, slows)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict, which holds all of Lookahead's state.
-
-        Slow buffers sit in ``state[i]`` beside the inner buffers; settings and
-        the step counter in each ``param_groups[j]``. Everything loads with
-        ``torch.load(weights_only=True)``. Under ZeRO, call the inner
-        ``consolidate_state_dict()`` first, as for ZeRO itself.
-        """
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
-            pre_hook(self)
-        state: dict[str, Any] = self.optimizer.state_dict()
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            result = post_hook(self, state)
-            if result is not None:
-                state = result
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict` (or one in steplab's older layout, migrated).
-
-        Groups and state stay the same shared objects. Slow buffers are cast to
-        each parameter's device and dtype by torch; k, alpha, pullback and the
-        step counter are taken from the dict, as torch takes group
-        hyperparameters from it.
-
-        Args:
-            state_dict: from :meth:`state_dict` (by keyword too, as DCP calls it).
-
-        Raises:
-            StateMismatchError: the dict is not a Lookahead's, or its slow
-                buffers do not match the parameters.
-            SpecError: its k, alpha or pullback are invalid.
-        """
-        state_dict = dict(state_dict)
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = pre_hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        state_dict = migrate_state_dict(state_dict)
-        check_loadable(state_dict, self.param_groups)
-        groups, state = self.optimizer.param_groups, self.optimizer.state
-        self.optimizer.load_state_dict(state_dict)
-        # torch's load_state_dict rebinds both: put the new contents into the shared objects
-        groups[:], self.optimizer.param_groups = self.optimizer.param_groups, groups
-        new_state = dict(self.optimizer.state)
-        state.clear()
-        state.update(new_state)
-        self.optimizer.state = state
-        keep_bf16(self.param_groups, state)  # torch cast a bf16 slow copy to the param's dtype
-        self._sync_cache.clear()
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
