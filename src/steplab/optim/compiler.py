@@ -146,6 +146,8 @@ class CompiledKernel:
         fn: plain in-place tensor code over 1-D tensors; it must also run eagerly.
             Optional buffers are positional arguments that may be None.
         hp_index: position of the 1-D hyperparameter tensor among ``fn``'s arguments.
+        read_only: positions of the other arguments ``fn`` only reads (the
+            gradient); every other tensor argument is written in place.
 
     Example:
         >>> def axpy(y, x, a):
@@ -157,9 +159,12 @@ class CompiledKernel:
         tensor([2., 2., 2.])
     """
 
-    def __init__(self, name: str, fn: Callable[..., None], hp_index: int) -> None:
+    def __init__(
+        self, name: str, fn: Callable[..., None], hp_index: int, read_only: tuple[int, ...] = ()
+    ) -> None:
         self.name = name
         self.hp_index = hp_index
+        self.read_only = frozenset((hp_index, *read_only))
         self.eager = fn
         self.failure: str | None = None
         #: seconds the first call of each compiled variant took (compile or cache load)
@@ -243,3 +248,15 @@ class CompiledKernel:
         """Run the compiled kernel (call :meth:`ready` for the variant first)."""
         assert self._compiled is not None, "call ready() before the kernel"
         self._compiled(*args)
+
+    def written(self, call: tuple[Any, ...]) -> list[torch.Tensor]:
+        """The tensors among a call's arguments that the kernel updates in place.
+
+        Args:
+            call: a call's positional arguments (the real tensors, not aliases).
+
+        Returns:
+            Those the kernel writes, for :func:`torch.autograd.graph.increment_version`:
+            writes through a flat alias are invisible to autograd's version counters.
+        """
+        return [t for i, t in enumerate(call) if t is not None and i not in self.read_only]

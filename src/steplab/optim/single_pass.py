@@ -38,7 +38,29 @@ __all__ = [
     "flat_alias",
     "nadam_update",
     "rmsprop_update",
+    "with_l2",
 ]
+
+
+def with_l2(grad: Tensor, param: Tensor, weight_decay: Tensor) -> Tensor:
+    """``grad + λ·param``, or ``grad`` itself when λ = 0, as torch's ``if weight_decay != 0``.
+
+    Adding ``0·param`` instead would turn an infinite parameter into NaN
+    (∞·0) where torch's step leaves the gradient alone.
+
+    Args:
+        grad: the (sign-adjusted) gradient.
+        param: the parameter.
+        weight_decay: λ, a 0-d tensor.
+
+    Returns:
+        The gradient with the L2 term where λ ≠ 0.
+
+    Example:
+        >>> with_l2(torch.tensor([1.0]), torch.tensor([float("inf")]), torch.tensor(0.0))
+        tensor([1.])
+    """
+    return torch.where(weight_decay != 0, grad + weight_decay * param, grad)
 
 
 def rmsprop_update(
@@ -66,8 +88,8 @@ def rmsprop_update(
     """
     lr, alpha, one_minus_alpha, eps = hp[0], hp[1], hp[2], hp[3]
     weight_decay, momentum, sign = hp[4], hp[5], hp[6]
-    g = sign * grad + weight_decay * param
-    v = square_avg * alpha + g * g * one_minus_alpha
+    g = with_l2(sign * grad, param, weight_decay)
+    v = square_avg * alpha + one_minus_alpha * g * g  # addcmul's order: (1−α)·g first
     square_avg.copy_(v)
     if grad_avg is not None:
         g_avg = torch.lerp(grad_avg, g, one_minus_alpha)
@@ -80,7 +102,7 @@ def rmsprop_update(
         momentum_buffer.copy_(buf)
         param.copy_(param - lr * buf)
     else:
-        param.copy_(param - lr * (g / denom))
+        param.copy_(param - lr * g / denom)  # addcdiv's order: (η·g)/D
 
 
 def nadam_update(
@@ -105,17 +127,17 @@ def nadam_update(
     beta2, one_minus_beta2, bias_correction2, eps = hp[4], hp[5], hp[6], hp[7]
     c_grad, c_avg = hp[8], hp[9]
     theta = param * decay
-    g = sign * grad + weight_decay * theta
+    g = with_l2(sign * grad, theta, weight_decay)
     m = torch.lerp(exp_avg, g, one_minus_beta1)
-    v = exp_avg_sq * beta2 + g * g * one_minus_beta2
+    v = exp_avg_sq * beta2 + one_minus_beta2 * g * g  # addcmul's order, as torch
     exp_avg.copy_(m)
     exp_avg_sq.copy_(v)
     denom = (v / bias_correction2).sqrt() + eps
-    param.copy_(theta + c_grad * (g / denom) + c_avg * (m / denom))
+    param.copy_(theta + c_grad * g / denom + c_avg * m / denom)  # addcdiv's order
 
 
-RMSPROP_KERNEL = CompiledKernel("rmsprop", rmsprop_update, hp_index=3)
-NADAM_KERNEL = CompiledKernel("nadam", nadam_update, hp_index=4)
+RMSPROP_KERNEL = CompiledKernel("rmsprop", rmsprop_update, hp_index=3, read_only=(1,))
+NADAM_KERNEL = CompiledKernel("nadam", nadam_update, hp_index=4, read_only=(1,))
 
 #: one call of a kernel: its positional arguments, None for an absent optional buffer
 Call = tuple[Tensor | None, ...]
@@ -184,11 +206,16 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
         if flat and not kernel.ready(key, kernel.scratch(call), param.device):
             return False
     hp_at = kernel.hp_index
+    written: list[Tensor] = []
     for call, flat in prepared:
         if flat:
             kernel(*(t if t is None or i == hp_at else flat_alias(t) for i, t in enumerate(call)))
+            written.extend(kernel.written(call))
         else:
             kernel.eager(*call)
+    # the kernel wrote through aliases, which autograd does not see: bump the version
+    # counters as torch's in-place ops do, so a tensor saved for backward is caught
+    torch.autograd.graph.increment_version(written)
     return True
 
 

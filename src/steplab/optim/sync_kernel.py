@@ -98,10 +98,13 @@ def compiled_sync(pairs: list[tuple[Tensor, Tensor]], alpha: float) -> bool:
             scratch = SYNC_KERNEL.scratch((fast, fast, hp))
             if not SYNC_KERNEL.ready(key, scratch, fast.device):
                 return False
+    written: list[Tensor] = []
     for fast, slow in pairs:
         hp = hps[(fast.dtype, fast.device)]
         if fast.is_contiguous() and slow.is_contiguous() and fast.numel() > 0:
             SYNC_KERNEL(flat_alias(fast), flat_alias(slow), hp)
+            written += (fast, slow)
         else:
             sync_update(fast, slow, hp)
+    torch.autograd.graph.increment_version(written)  # the aliases' writes, seen by autograd
     return True
