@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,61 +124,3 @@ def rng_worker(rank: int, world: int, port: int, out: str) -> None:
              "restored": list(result.restored)}
     (Path(out) / f"rng-rank{rank}.json").write_text(json.dumps(facts))
     dist.destroy_process_group()
-
-
-def _forget_end(run: Path, keep: int) -> None:
-    """What a kill after step ``keep``'s checkpoint leaves: no summary, no later checkpoint."""
-    (run / "summary.json").unlink()
-    for ck in (run / "checkpoints").iterdir():
-        if ck.name.startswith("step-") and int(ck.name.split("-")[1]) > keep:
-            import shutil
-
-            shutil.rmtree(ck)
-
-
-def resume_worker(rank: int, world: int, port: int, out: str) -> None:
-    """Bit-exact resume at world size 2 with dropout, and the control without per-rank RNG."""
-    import steplab.train.checkpoints as ckpts
-
-    facts: dict[str, Any] = {}
-    for i, parallel in enumerate(("ddp", "fsdp")):
-        cfg = config(task="tiny-dropout", parallel=parallel, checkpoint_every=6)
-        run = Path(out) / parallel
-        shas = []
-        for attempt in range(3):
-            _join(rank, world, port + 3 * i + attempt)
-            if attempt:  # rank 0 forgets the end; the other rank waits for it (no group yet)
-                flag = Path(out) / f"forgot-{parallel}-{attempt}"
-                if rank == 0:
-                    _forget_end(run, 6)
-                    flag.touch()
-                while not flag.exists():
-                    time.sleep(0.05)
-            if attempt == 2:  # control: resume without restoring each rank's random streams
-                original = ckpts.load_latest
-
-                def no_rng(ckpt: Any, s: Any, _orig: Any = original) -> Any:
-                    import steplab.state.rng as rng
-
-                    keep = rng.restore_rng
-                    rng.restore_rng = lambda state: None  # type: ignore[assignment]
-                    ckpts.checkpoint.load.__globals__["_restore_rng"] = rng.restore_rng
-                    ckpts.load_sharded.__globals__["_restore_rng"] = rng.restore_rng
-                    try:
-                        return _orig(ckpt, s)
-                    finally:
-                        rng.restore_rng = keep
-                        ckpts.checkpoint.load.__globals__["_restore_rng"] = keep
-                        ckpts.load_sharded.__globals__["_restore_rng"] = keep
-
-                ckpts.load_latest = no_rng  # type: ignore[assignment]
-                import steplab.train.loop as loop
-
-                loop.load_latest = no_rng  # type: ignore[attr-defined]
-            result = fit(cfg, run, resume=attempt > 0, progress=False)
-            shas.append(result.summary["final_params_sha256"])
-        facts[parallel] = shas
-        import steplab.train.loop as loop
-
-        loop.load_latest = ckpts.load_latest = original  # type: ignore[attr-defined]
-    (Path(out) / f"resume-rank{rank}.json").write_text(json.dumps(facts))

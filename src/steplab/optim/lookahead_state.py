@@ -28,6 +28,7 @@ steplab before this layout wrote one extra top-level key,
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,14 +37,17 @@ from torch import Tensor
 
 from steplab.errors import SpecError, StateMismatchError
 
-try:  # torch builds without distributed support have no ZeRO
-    from torch.distributed.optim import ZeroRedundancyOptimizer as _Zero
-except ImportError:  # pragma: no cover - every supported build has it
-    _Zero = None  # type: ignore[assignment,misc]
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
-except ImportError:  # pragma: no cover
-    _DTensor = None  # type: ignore[assignment,misc]
+
+def _loaded(module: str, name: str) -> Any:
+    """``module.name`` if ``module`` is already imported, else None.
+
+    An object can only be a ZeRO optimizer or a ``DTensor`` once their modules
+    are imported, so steplab never imports them itself (``torch.distributed.optim``
+    pulls in FSDP: seconds of start-up for every process that never uses it).
+    """
+    found = sys.modules.get(module)
+    return None if found is None else getattr(found, name, None)
+
 
 __all__ = [
     "GROUP_KEYS",
@@ -101,7 +105,8 @@ def local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     A ``ZeroRedundancyOptimizer`` keeps the state of its shard in a local
     optimizer (``.optim``); everything else holds its own.
     """
-    if _Zero is not None and isinstance(optimizer, _Zero):
+    zero = _loaded("torch.distributed.optim", "ZeroRedundancyOptimizer")
+    if zero is not None and isinstance(optimizer, zero):
         local: torch.optim.Optimizer = optimizer.optim
         return local
     return optimizer
@@ -109,7 +114,8 @@ def local_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
 def local_tensor(t: Tensor) -> Tensor:
     """This process's shard of a ``DTensor`` (a view that shares its storage), else ``t``."""
-    if _DTensor is not None and isinstance(t, _DTensor):
+    dtensor = _loaded("torch.distributed.tensor", "DTensor")
+    if dtensor is not None and isinstance(t, dtensor):
         local: Tensor = t.to_local()
         return local
     return t

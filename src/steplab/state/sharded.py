@@ -8,7 +8,8 @@ checkpoint is one directory::
       rank-00001.safetensors   #   partition, replicated tensors only from the lowest rank
       metadata.json            # format, step, world size, every tensor's global shape,
                                #   dtype and pieces, optimizer groups, RNG of every rank,
-                               #   scheduler state, extra; CRC-32 of every file
+                               #   data order position, scheduler and GradScaler
+                               #   state, extra; CRC-32 of every tensor in every file
       COMMITTED                # written last, holds the SHA-256 of metadata.json
 
 It is written into ``.tmp-<name>-<token>`` beside the target, every file
@@ -185,9 +186,18 @@ def _check_target(target: Path) -> None:
         )
 
 
+def _json_data(field: str, value: Any) -> Any:
+    """``value`` as it reads back from JSON; CheckpointError when it is not JSON data."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{field}: not JSON-serialisable ({exc})") from None
+
+
 def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
                  optimizer: torch.optim.Optimizer | None = None, scheduler: _Stateful = None,
-                 step: int = 0, rng: bool = True, extra: dict[str, Any] | None = None,
+                 scaler: _Stateful = None, sampler: _Stateful = None, step: int = 0,
+                 rng: bool = True, extra: dict[str, Any] | None = None,
                  blocking: bool = True) -> Path | PendingShardedSave:
     """Save a distributed checkpoint directory (a collective: every rank calls it).
 
@@ -196,10 +206,15 @@ def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
         model: a plain, DDP or FSDP2 model.
         optimizer: any optimizer (ZeRO and Lookahead included); its state is saved
             from the ranks that hold it.
-        scheduler: an LR scheduler (its state must be JSON data and tensors).
+        scheduler: an LR scheduler (its state must be plain data).
+        scaler: a ``torch.amp.GradScaler`` (scale, growth factors and tracker).
+        sampler: the data order's position: anything with a ``state_dict()``
+            of JSON data (steplab's ``BatchStream``, torchdata's stateful
+            samplers); saved as ``data`` in ``metadata.json`` with the world
+            size it was saved at, and given back by ``load_sharded(sampler=...)``.
         step: the training step.
         rng: save every rank's Python, NumPy and torch RNG states.
-        extra: JSON data (data position, counters).
+        extra: other JSON data (counters, best metrics).
         blocking: False: copy this rank's tensors now, write them on a background
             thread and return a :class:`PendingShardedSave` (``wait()`` commits).
 
@@ -208,7 +223,7 @@ def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
 
     Raises:
         CheckpointError: the target exists and is not a sharded checkpoint, or
-            ``extra`` is not JSON data.
+            ``extra``, the scheduler's, scaler's or sampler's state is not plain data.
 
     Example:
         >>> import tempfile
@@ -220,10 +235,8 @@ def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
     target = Path(path)
     rank, world = _rank_world()
     _check_target(target)
-    try:
-        extra_json = json.loads(json.dumps(extra or {}, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"extra: not JSON-serialisable ({exc})") from None
+    extra_json = _json_data("extra", extra or {})
+    data = None if sampler is None else _json_data("sampler", sampler.state_dict())
     local, scalars = _local_tensors(model, optimizer)
     declared = _gather({k: (kind, int(t.shape[0]) if t.dim() else 0, shape, DTYPE_NAMES[t.dtype])
                         for k, (kind, t, shape) in local.items()})
@@ -244,10 +257,13 @@ def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
         "param_groups": _groups(optimizer, model), "has_optimizer": optimizer is not None,
         "scheduler": None if scheduler is None else encode(
             scheduler.state_dict(), ["scheduler"], sched_tensors),
-        "rng_ranks": rng_ranks, "extra": extra_json,
+        "scaler": None if scaler is None else encode(
+            scaler.state_dict(), ["scaler"], sched_tensors),
+        "data": data, "rng_ranks": rng_ranks, "extra": extra_json,
     }
     if sched_tensors:
-        raise CheckpointError("scheduler: holds tensors; expected plain data in a sharded save")
+        raise CheckpointError(f"{sched_tensors[0][0].split('/')[0]}: holds tensors; expected"
+                              " plain data in a sharded save")
     staged = [(k, t.detach().to("cpu", copy=True).contiguous()) for k, t in mine]
 
     def write() -> str:

@@ -5,8 +5,9 @@ The sharded counterpart of :class:`steplab.state.checkpointer.Checkpointer`
 with ``blocking=False`` the tensors are copied now and the files written in
 the background, and the commit happens at the next save, :meth:`wait` or
 :meth:`close` (collectives too). :meth:`latest` returns the newest directory
-whose commit marker matches its metadata, so a save killed at any moment is
-never returned; rank 0 removes checkpoints beyond ``keep_last`` and the
+whose commit marker matches its metadata and whose rank files are all there
+and whole (checksums checked), so neither a save killed at any moment nor a
+file damaged later is returned; rank 0 removes checkpoints beyond ``keep_last`` and the
 temporary directories of saves that died. As with the single-process
 ``Checkpointer``, a damaged ``step-N`` never blocks a run and is never
 deleted: ``latest(set_aside=True)`` (resuming) and :meth:`save` rename it to
@@ -32,7 +33,7 @@ from typing import Any
 from steplab.errors import CheckpointError, SpecError
 from steplab.state.ranks import process_group
 from steplab.state.sharded import PendingShardedSave, save_sharded
-from steplab.state.sharded_load import _open
+from steplab.state.sharded_load import _open, check_sharded
 
 __all__ = ["ShardedCheckpointer"]
 
@@ -46,20 +47,24 @@ class ShardedCheckpointer:
         root: directory of the ``step-NNNNNNNN`` checkpoints.
         every: steps between saves.
         keep_last: checkpoints kept (None: all).
+        verify: :meth:`latest` checks every tensor's checksum (True) or only the
+            marker, the metadata and each rank file's header and size (False).
 
     Raises:
         SpecError: ``every`` or ``keep_last`` below 1.
     """
 
     def __init__(self, root: str | os.PathLike[str], every: int = 1,
-                 keep_last: int | None = 3) -> None:
+                 keep_last: int | None = 3, *, verify: bool = True) -> None:
         if not isinstance(every, int) or every < 1:
             raise SpecError(f"every: got {every!r}, expected an integer >= 1")
         if keep_last is not None and (not isinstance(keep_last, int) or keep_last < 1):
             raise SpecError(f"keep_last: got {keep_last!r}, expected an integer >= 1 or None")
         self.root, self.every, self.keep_last = Path(root), every, keep_last
         self.root.mkdir(parents=True, exist_ok=True)
+        self.verify = verify
         self._pending: PendingShardedSave | None = None
+        self._warned: set[str] = set()  # damaged checkpoints already warned about
 
     def path_for(self, step: int) -> Path:
         """The directory of the checkpoint for ``step``."""
@@ -107,25 +112,40 @@ class ShardedCheckpointer:
         return sorted(found, key=lambda p: p.name)
 
     def latest(self, *, set_aside: bool = False) -> Path | None:
-        """The newest committed checkpoint, or None.
+        """The newest checkpoint that :func:`~steplab.state.sharded_load.load_sharded` accepts.
+
+        Each ``step-N`` is checked newest first with
+        :func:`~steplab.state.sharded_load.check_sharded`: commit marker, every
+        rank file the metadata lists present and whole, and (``verify``) every
+        tensor's checksum. A damaged one is skipped with one warning (once per
+        checkpoint) and the next older one tried.
 
         Args:
-            set_aside: also rename each damaged ``step-N`` newer than it to
-                ``damaged-step-N`` (rank 0; one warning each), so training on
-                can save those steps again (a collective then).
+            set_aside: also rename each damaged ``step-N`` newer than the one
+                returned to ``damaged-step-N`` (rank 0; one warning each), so
+                training on can save those steps again (a collective then).
+
+        Returns:
+            The checkpoint directory, or None when there is no good one.
         """
-        done = self.checkpoints()
-        newest = done[-1].name if done else ""
+        damaged: list[tuple[Path, str]] = []
+        found = None
+        for p in sorted((p for p in self.root.iterdir() if _NAME.match(p.name)), reverse=True):
+            try:
+                check_sharded(p, verify=self.verify)
+            except CheckpointError as exc:
+                damaged.append((p, str(exc)))
+                continue
+            found = p
+            break
         if set_aside:
-            damaged = []
-            for p in sorted(self.root.iterdir()):
-                if _NAME.match(p.name) and p.name > newest:
-                    try:
-                        _open(p)
-                    except CheckpointError as exc:
-                        damaged.append((p, str(exc)))
             self._set_aside(damaged)
-        return done[-1] if done else None
+        else:
+            for p, reason in damaged:
+                if p.name not in self._warned:
+                    self._warned.add(p.name)
+                    warnings.warn(f"skipping checkpoint {p.name}: {reason}", stacklevel=2)
+        return found
 
     def _set_aside(self, damaged: list[tuple[Path, str]]) -> None:
         """Rank 0 renames each to a free ``damaged-<name>[-N]`` and warns; all ranks wait."""

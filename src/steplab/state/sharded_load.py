@@ -36,9 +36,9 @@ from steplab.state.names import canonical_module, clean_name, named_parameters
 from steplab.state.ranks import process_group
 from steplab.state.rng import restore_rng as _restore_rng
 from steplab.state.sharded import FORMAT, MARKER, METADATA
-from steplab.state.tensorfile import read_header, read_tensors
+from steplab.state.tensorfile import read_header, read_tensors, verify_tensors
 
-__all__ = ["ShardedContents", "is_sharded", "load_sharded", "read_sharded"]
+__all__ = ["ShardedContents", "check_sharded", "is_sharded", "load_sharded", "read_sharded"]
 
 
 def is_sharded(path: str | os.PathLike[str]) -> bool:
@@ -65,6 +65,51 @@ def _open(path: Path) -> dict[str, Any]:
     if metadata.get("format") != FORMAT:
         raise CheckpointError(
             f"{METADATA} format: got {metadata.get('format')!r}, expected {FORMAT!r}")
+    return metadata
+
+
+def check_sharded(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    """Check a sharded checkpoint as :func:`load_sharded` will, without assembling it.
+
+    The marker must match ``metadata.json``, every rank file the metadata lists
+    must exist with a valid safetensors header holding exactly the listed
+    tensors, and (``verify``) every tensor's CRC-32 must match. So a directory
+    that passes is one ``load_sharded`` accepts (as far as the files go).
+
+    Args:
+        path: the checkpoint directory.
+        verify: also check every tensor's checksum (reads every byte once).
+
+    Returns:
+        ``metadata.json``.
+
+    Raises:
+        CheckpointError: uncommitted, edited, a file missing, truncated or corrupt.
+
+    Example:
+        >>> import tempfile
+        >>> from steplab.state.sharded import save_sharded
+        >>> p = save_sharded(tempfile.mkdtemp() + "/ck", model=nn.Linear(2, 1), step=3)
+        >>> check_sharded(p)["step"]
+        3
+    """
+    root = Path(path)
+    metadata = _open(root)
+    files = metadata.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{root}/{METADATA} files: missing, expected the rank files")
+    for name, digests in files.items():
+        try:
+            header = read_header(root / name)
+            if verify:
+                verify_tensors(root / name, header, Digests("crc32", digests))
+        except CheckpointError as exc:  # its message names the single-process file
+            raise CheckpointError(f"{root.name}/{name}: "
+                                  f"{str(exc).removeprefix('tensors.safetensors: ')}") from None
+        listed = {e.key for e in header.entries}
+        if listed != set(digests):
+            raise CheckpointError(f"{root.name}/{name}: holds {len(listed)} tensors, {METADATA}"
+                                  f" lists {len(digests)} (not the file it wrote)")
     return metadata
 
 
@@ -159,7 +204,8 @@ def _load_model(model: nn.Module, tensors: dict[str, Tensor]) -> None:
 
 def load_sharded(path: str | os.PathLike[str], *, model: nn.Module,
                  optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                 restore_rng: bool = False, strict: bool = True) -> dict[str, Any]:
+                 scaler: Any = None, sampler: Any = None, restore_rng: bool = False,
+                 strict: bool = True) -> dict[str, Any]:
     """Load a sharded checkpoint into a model (plain, DDP, FSDP2) and optimizer, any world size.
 
     Every rank calls it. Everything is read and checked before anything changes.
@@ -169,11 +215,15 @@ def load_sharded(path: str | os.PathLike[str], *, model: nn.Module,
         model: receives the weights (FSDP2 parameters their local slices).
         optimizer: receives the state by parameter name (ZeRO its partition).
         scheduler: receives the saved scheduler state.
+        scaler: a ``torch.amp.GradScaler``; receives the saved one's state.
+        sampler: receives the saved data position (``load_state_dict(data)``).
+            The order of global batches continues at any world size; at the
+            saved world size each rank also gets the same share of each.
         restore_rng: restore this rank's random streams (same world size only).
         strict: any name or shape difference is an error.
 
     Returns:
-        ``metadata.json`` (``step``, ``extra``, ``world_size``...) plus
+        ``metadata.json`` (``step``, ``data``, ``extra``, ``world_size``...) plus
         ``"restored"``: the parts restored.
 
     Raises:
@@ -194,9 +244,13 @@ def load_sharded(path: str | os.PathLike[str], *, model: nn.Module,
                     buffers[key] = _place(value, param)
         load_named_state_dict(optimizer, model, contents.optimizer, strict, copy=False)
         restored.append("optimizer")
-    if scheduler is not None and contents.metadata.get("scheduler") is not None:
-        scheduler.load_state_dict(decode(contents.metadata["scheduler"], {}))
-        restored.append("scheduler")
+    meta = contents.metadata
+    for name, obj, saved in (("scheduler", scheduler, meta.get("scheduler")),
+                             ("scaler", scaler, meta.get("scaler")),
+                             ("sampler", sampler, meta.get("data"))):
+        if obj is not None and saved is not None:
+            obj.load_state_dict(decode(saved, {}) if name != "sampler" else saved)
+            restored.append(name)
     rank, world = process_group() or (0, 1)
     ranks = contents.metadata.get("rng_ranks")
     if restore_rng and isinstance(ranks, list) and len(ranks) == world:

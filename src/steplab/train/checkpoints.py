@@ -31,29 +31,44 @@ def make_checkpointer(s: Session, every: int, keep_last: int | None) -> Saver | 
     return checkpoint.Checkpointer(s.run_dir.checkpoints, every=every, keep_last=keep_last)
 
 
-def load_latest(ckpt: Saver, s: Session) -> tuple[int, dict[str, Any]] | None:
-    """Load the newest good checkpoint into the session; return ``(step, extra)`` or None."""
+def load_latest(ckpt: Saver, s: Session, sampler: Any) -> tuple[int, dict[str, Any]] | None:
+    """Load the newest good checkpoint into the session and ``sampler`` (the data position).
+
+    Returns:
+        ``(step, extra)``, or None when there is no good checkpoint.
+    """
     if isinstance(ckpt, ShardedCheckpointer):
         latest: Path | None = ckpt.latest(set_aside=True)
         if latest is None:
             return None
         meta = load_sharded(latest, model=s.model, optimizer=s.optimizer,
-                            scheduler=s.scheduler, restore_rng=True)
-        return int(meta["step"]), dict(meta["extra"])
+                            scheduler=s.scheduler, scaler=s.scaler, sampler=sampler,
+                            restore_rng=True)
+        extra = dict(meta["extra"])
+        if "sampler" not in meta["restored"]:  # written before the data position had its field
+            sampler.load_state_dict(extra["data"])
+        return int(meta["step"]), extra
     # damaged newer checkpoints are moved aside, so this run can save those steps again
     latest = ckpt.latest(set_aside=True)
     if latest is None:
         return None
     res = checkpoint.load(latest, model=s.model, optimizer=s.optimizer,
                           scheduler=s.scheduler, scaler=s.scaler, restore_rng=True)
+    sampler.load_state_dict(res.extra["data"])
     return int(res.step), dict(res.extra)
 
 
-def save_checkpoint(ckpt: Saver, step: int, s: Session, extra: dict[str, Any]) -> None:
-    """Save the session at ``step`` (every rank calls this)."""
+def save_checkpoint(ckpt: Saver, step: int, s: Session, extra: dict[str, Any],
+                    sampler: Any) -> None:
+    """Save the session and ``sampler``'s position at ``step`` (every rank calls this).
+
+    A sharded checkpoint keeps the data position in its own ``data`` field;
+    a single-process one in ``extra["data"]``.
+    """
     if isinstance(ckpt, ShardedCheckpointer):
         ckpt.save(step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                  extra=extra)
+                  scaler=s.scaler, sampler=sampler,
+                  extra={k: v for k, v in extra.items() if k != "data"})
         return
     ckpt.save(step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-              scaler=s.scaler, extra=extra)
+              scaler=s.scaler, extra={**extra, "data": sampler.state_dict()})

@@ -40,6 +40,7 @@ from steplab.optim import create_optimizer, named_param_groups
 from steplab.optim.spec import OptimizerSpec
 from steplab.state.names import canonical_module
 from steplab.train.batches import Plan
+from steplab.train.launch import follow_launcher
 
 __all__ = [
     "PARALLEL_MODES", "World", "agree", "announce", "build_optimizer", "join", "scale", "shard",
@@ -90,6 +91,7 @@ def join(parallel: str, device: torch.device) -> World | None:
     if size < 2 and not (dist.is_available() and dist.is_initialized()):
         return None
     if not dist.is_initialized():
+        follow_launcher()  # under `steplab train --nproc`: die with the launcher
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

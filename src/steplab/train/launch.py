@@ -1,26 +1,39 @@
 """``steplab train --nproc N``: start N training processes on this machine with torch's launcher.
 
 The processes are started by ``torch.distributed.run`` (what ``torchrun``
-runs), with a rendezvous on 127.0.0.1, each running ``python -m steplab
-train`` with the same options; each joins the process group from the
-environment (:func:`steplab.train.distributed.join`). Across machines, run
-``torchrun --nnodes ... -m steplab train ...`` yourself: the training code is
-the same.
+runs), each running ``python -m steplab train`` with the same options; each
+joins the process group from the environment
+(:func:`steplab.train.distributed.join`). Across machines, run ``torchrun
+--nnodes ... -m steplab train ...`` yourself: the training code is the same.
+
+Nothing listens beyond this machine. torch's static rendezvous binds its
+store to every interface whatever the master address, so the launcher uses
+that rendezvous with its store on a socket it bound to 127.0.0.1 itself (a
+free port, chosen by the kernel); gloo and NCCL are pointed at the loopback
+interface (``GLOO_SOCKET_IFNAME``, ``NCCL_SOCKET_IFNAME``, unless set).
 
 If a process dies, torch's launcher stops the others; :func:`launch` then
-raises one :class:`~steplab.errors.SteplabError` naming the rank and how it
-ended.
+raises one :class:`~steplab.errors.SteplabError` naming the rank that failed
+first and how it ended. If the launcher itself is killed (even by SIGKILL),
+the kernel kills the processes it started (:func:`follow_launcher`), so none
+trains on alone.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
+from typing import Any
 
 from steplab.errors import SpecError, SteplabError
 
-__all__ = ["launch", "launched"]
+__all__ = ["follow_launcher", "launch", "launched"]
+
+_LAUNCHER = "STEPLAB_LAUNCHER_PID"  # set for the processes launch() starts
+_BACKEND = "steplab-loopback"
+_PR_SET_PDEATHSIG = 1
 
 
 def launched() -> bool:
@@ -28,11 +41,64 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _loopback_interface() -> str:
+    """The loopback interface's name (``lo`` on Linux, ``lo0`` on macOS)."""
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in names if n in ("lo", "lo0")), "lo")
+
+
+_SERVING: list[socket.socket] = []  # the listening socket of the launch in progress
+
+
+def _create_rendezvous(params: Any) -> Any:
+    """torch's static rendezvous for one node, its store served from the bound socket."""
+    from torch.distributed import TCPStore  # type: ignore[attr-defined]
+    from torch.distributed.elastic.rendezvous import RendezvousInfo
+    from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import StaticTCPRendezvous
+
+    sock = _SERVING[-1]
+
+    class Loopback(StaticTCPRendezvous):
+        def get_backend(self) -> str:
+            return _BACKEND
+
+        def next_rendezvous(self) -> RendezvousInfo:
+            if not self._store:  # the store listens on this socket only: 127.0.0.1
+                fd = sock.detach()  # the store owns (and closes) it now
+                self._store = TCPStore("127.0.0.1", self.master_port, self.world_size, True,
+                                       self.timeout, multi_tenant=True,
+                                       master_listen_fd=fd, use_libuv=True)
+            info: RendezvousInfo = super().next_rendezvous()
+            return info
+
+    return Loopback("127.0.0.1", sock.getsockname()[1], 0, 1, params.run_id, 600)
+
+
+def _register_rendezvous(sock: socket.socket) -> None:
+    """Serve the next rendezvous's store from ``sock`` (bound to 127.0.0.1 by the caller)."""
+    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
+
+    _SERVING[:] = [sock]
+    rendezvous_handler_registry.register(_BACKEND, _create_rendezvous)
+
+
+def follow_launcher() -> None:
+    """In a process :func:`launch` started: die with the launcher (Linux), even on its SIGKILL.
+
+    torch's launcher starts each rank in a session of its own, so killing the
+    launcher's process group leaves the ranks running; this asks the kernel to
+    send SIGKILL to this process when its parent dies. Elsewhere it does nothing.
+    """
+    launcher = os.environ.get(_LAUNCHER)
+    if launcher is None:
+        return
+    try:
+        libc: Any = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: no such call
+        return
+    if os.getppid() != int(launcher):  # the launcher died before the call above
+        os._exit(1)
 
 
 def _how(exitcode: int) -> str:
@@ -60,17 +126,30 @@ def launch(train_args: list[str], nproc: int) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args([
-        "--nnodes=1", f"--nproc-per-node={nproc}", "--max-restarts=0",
-        "--rdzv-backend=static", "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-        "--node-rank=0", "--monitor-interval=0.5",
-        "-m", "steplab", "train", *train_args,
-    ])
-    try:
-        run(args)  # type: ignore[no-untyped-call]
-    except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
-        raise SteplabError(
-            f"rank {rank} of {nproc} {_how(failure.exitcode)}; the run was stopped"
-            " (the last complete checkpoint, if any, still loads: rerun with --resume)"
-        ) from None
+    loopback = _loopback_interface()
+    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        os.environ.setdefault(name, loopback)
+    os.environ[_LAUNCHER] = str(os.getpid())
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        _register_rendezvous(sock)
+        args = get_args_parser().parse_args([
+            "--nnodes=1", f"--nproc-per-node={nproc}", "--max-restarts=0",
+            f"--rdzv-backend={_BACKEND}", f"--rdzv-endpoint=127.0.0.1:{sock.getsockname()[1]}",
+            "--monitor-interval=0.5", "-m", "steplab", "train", *train_args,
+        ])
+        try:
+            run(args)  # type: ignore[no-untyped-call]
+        except ChildFailedError as exc:
+            rank, failure = _first_failure(exc.failures)
+            raise SteplabError(
+                f"rank {rank} of {nproc} {_how(failure.exitcode)}; the run was stopped"
+                " (the last complete checkpoint, if any, still loads: rerun with --resume)"
+            ) from None
+
+
+def _first_failure(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The rank that failed on its own: not one the launcher stopped (SIGTERM) after it."""
+    return min(failures.items(), key=lambda item: (
+        item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))

@@ -104,9 +104,9 @@ class _Loop:
         return self.base_time + time.perf_counter() - self.clock - self.eval_time
 
     def extra(self) -> dict[str, Any]:
-        """Everything besides tensors that resuming needs, as JSON values (NaN as None)."""
+        """What resuming needs besides tensors and the data position (JSON; NaN as None)."""
         state: dict[str, Any] = to_json_value({
-            "data": self.batches.state_dict(), "watch": self.watch.state_dict(),
+            "watch": self.watch.state_dict(),
             "stopper": self.stopper.state_dict() if self.stopper else None,
             "book": self.book.state_dict(), "train_time": self.train_time(),
             "loss_sum": self.loss_sum, "loss_count": self.loss_count,
@@ -118,10 +118,10 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the latest checkpoint when there is one; open ``metrics.jsonl``."""
         s = self.s
-        found = load_latest(self.ckpt, s) if self.ckpt is not None and s.exists else None
+        found = (load_latest(self.ckpt, s, self.batches) if self.ckpt is not None and s.exists
+                 else None)
         if found is not None:
             self.step, extra = found
-            self.batches.load_state_dict(extra["data"])
             self.watch.load_state_dict(extra["watch"])
             if self.stopper is not None and extra["stopper"] is not None:
                 self.stopper.load_state_dict(extra["stopper"])
@@ -248,7 +248,7 @@ class _Loop:
             if not eval_now and self.target_due():
                 self.check_target()
             if self.ckpt is not None and self.step % self.ckpt.every == 0:
-                save_checkpoint(self.ckpt, self.step, s, self.extra())
+                save_checkpoint(self.ckpt, self.step, s, self.extra(), self.batches)
         return "completed"
 
     def log_and_evaluate(
