@@ -82,31 +82,23 @@ def _join(rank: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
 
 
-def save_worker(rank: int, port: int, out: str) -> None:
-    """At world size 2: 4 steps, save, 5 more steps (the uninterrupted run)."""
+def worker(rank: int, port: int, out: str) -> None:
+    """At world size 2, each mode: the uninterrupted run (4 steps, save, 5 more steps), then
+    the world-size-1 checkpoint loaded and 5 steps on. Rank 0 writes both parameter sets."""
     _join(rank, port)
-    facts = {}
+    uninterrupted, resumed = {}, {}
     for mode in MODES:
         model, opt = build(mode, True)
         train(model, opt, 0, 4)
         save_sharded(Path(out) / f"{mode}-ws2", model=model, optimizer=opt, step=4,
                      extra={"mode": mode})
         train(model, opt, 4, 5)
-        facts[mode] = full_params(model)
-    if rank == 0:
-        (Path(out) / "uninterrupted.json").write_text(json.dumps(facts))
-    dist.destroy_process_group()
-
-
-def resume_worker(rank: int, port: int, out: str) -> None:
-    """At world size 2: load the world-size-1 checkpoint, 5 steps; write the params."""
-    _join(rank, port)
-    facts = {}
-    for mode in MODES:
+        uninterrupted[mode] = full_params(model)
         model, opt = build(mode, True)
         meta = load_sharded(Path(out) / f"{mode}-ws1", model=model, optimizer=opt)
         train(model, opt, int(meta["step"]), 5)
-        facts[mode] = full_params(model)
+        resumed[mode] = full_params(model)
     if rank == 0:
-        (Path(out) / "resumed-ws2.json").write_text(json.dumps(facts))
+        (Path(out) / "uninterrupted.json").write_text(json.dumps(uninterrupted))
+        (Path(out) / "resumed-ws2.json").write_text(json.dumps(resumed))
     dist.destroy_process_group()

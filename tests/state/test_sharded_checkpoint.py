@@ -1,4 +1,9 @@
-"""Distributed checkpoints: per-rank safetensors, JSON metadata, a commit marker; 2 -> 1 -> 2."""
+"""Distributed checkpoints: per-rank safetensors, JSON metadata, a commit marker; 2 -> 1, 1 -> 2.
+
+The 2-rank part is one spawned run (``sharded_checks.worker``): a checkpoint
+saved at 2 loads at 1, and one saved at 1 (bit-equal to the world-size-2 state,
+as every rank sees the same batch) loads at 2.
+"""
 
 from __future__ import annotations
 
@@ -32,18 +37,20 @@ def _port() -> int:
 
 @pytest.fixture(scope="module")
 def roundtrip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Save at 2, load at 1 (checked here) and save again, load that at 2."""
+    """Save at 1 (4 steps of one process); in one 2-rank run save at 2 and load the
+    world-size-1 checkpoint; then load the world-size-2 checkpoint here, at 1."""
     out = tmp_path_factory.mktemp("sharded")
-    mp.spawn(checks.save_worker, args=(_port(), str(out)), nprocs=2)
     facts: dict[str, Any] = {"out": out, "one": {}}
     for mode in checks.MODES:
-        model, opt = checks.build(mode, False)
         ref_model, ref_opt = checks.build(mode, False)
         checks.train(ref_model, ref_opt, 0, 4)  # one process, never interrupted
+        save_sharded(out / f"{mode}-ws1", model=ref_model, optimizer=ref_opt, step=4)
+        facts["one"][mode] = (ref_model, ref_opt)
+    mp.spawn(checks.worker, args=(_port(), str(out)), nprocs=2)
+    for mode in checks.MODES:
+        model, opt = checks.build(mode, False)
         meta = load_sharded(out / f"{mode}-ws2", model=model, optimizer=opt)
-        facts["one"][mode] = (meta, model, opt, ref_model, ref_opt)
-        save_sharded(out / f"{mode}-ws1", model=model, optimizer=opt, step=4)
-    mp.spawn(checks.resume_worker, args=(_port(), str(out)), nprocs=2)
+        facts["one"][mode] = (meta, model, opt, *facts["one"][mode])
     facts["uninterrupted"] = json.loads((out / "uninterrupted.json").read_text())
     facts["resumed2"] = json.loads((out / "resumed-ws2.json").read_text())
     return facts
@@ -176,5 +183,6 @@ def test_latest_skips_what_a_killed_save_leaves(tmp_path: Path) -> None:
     shutil.copytree(good, killed)
     (killed / MARKER).unlink()  # files written, marker never reached
     shutil.copytree(good, tmp_path / ".tmp-step-00000012-dead")
-    assert ck.latest() == good
+    with pytest.warns(UserWarning, match="skipping checkpoint step-00000008: .*interrupted"):
+        assert ck.latest() == good
     assert load_sharded(ck.latest() or good, model=checks.net())["step"] == 4

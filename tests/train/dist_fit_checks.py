@@ -102,6 +102,25 @@ def fit_worker(rank: int, world: int, port: int, out: str) -> None:
         result = fit(config(parallel=parallel), Path(out) / parallel, progress=False)
         facts = {"summary": result.summary, "params": seen["params"], "slow": seen["slow"]}
         (Path(out) / f"{parallel}-rank{rank}.json").write_text(json.dumps(facts))
+    rng_worker(rank, world, port + 3, out)  # the same processes: one start-up for all checks
+
+
+def _alone(rank: int, out: str) -> list[str | None]:
+    """Rank 0 calls each save alone (rank 1 never does): one clear error each, no hang."""
+    from steplab.errors import CheckpointError
+    from steplab.state.sharded import save_sharded
+
+    errors: list[str | None] = []
+    if rank == 0:
+        os.environ["STEPLAB_COLLECTIVE_TIMEOUT"] = "2"
+        for save in (checkpoint.save, save_sharded):
+            try:
+                save(Path(out) / f"alone-{save.__module__}", model=nn.Linear(3, 2), step=1)
+                errors.append(None)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+    dist.barrier()
+    return errors
 
 
 def rng_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -121,6 +140,6 @@ def rng_worker(rank: int, world: int, port: int, out: str) -> None:
     result = checkpoint.load(path, model=nn.Linear(3, 2), restore_rng=True)
     again = torch.rand(4).tolist()
     facts = {"error": error, "expected": expected, "after_load": again,
-             "restored": list(result.restored)}
+             "restored": list(result.restored), "alone": _alone(rank, out)}
     (Path(out) / f"rng-rank{rank}.json").write_text(json.dumps(facts))
     dist.destroy_process_group()

@@ -78,10 +78,8 @@ def test_only_rank_zero_writes_the_run_directory(runs: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def rng_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("dist-rng")
-    mp.spawn(checks.rng_worker, args=(2, _port(), str(out)), nprocs=2)
-    return _read(out, "rng")
+def rng_runs(runs: Path) -> list[dict[str, Any]]:
+    return _read(runs, "rng")  # the fit processes ran these checks last
 
 
 def test_saving_from_all_ranks_to_one_path_works(rng_runs: list[dict[str, Any]]) -> None:
@@ -96,3 +94,14 @@ def test_each_rank_gets_its_own_random_streams_back_on_load(
         assert "rng" in facts["restored"]
         assert facts["after_load"] == facts["expected"]
     assert rng_runs[0]["after_load"] != rng_runs[1]["after_load"]
+
+
+def test_a_save_called_on_rank_0_alone_fails_in_one_line_naming_rank_1(
+        rng_runs: list[dict[str, Any]], runs: Path) -> None:
+    """checkpoint.save is a collective; called by one rank it hung until gloo's timeout."""
+    errors = rng_runs[0]["alone"]
+    assert len(errors) == 2
+    for error in errors:
+        assert error.startswith("checkpoint.save: rank 1 of 2 did not call it within 2 s"), error
+        assert "\n" not in error
+    assert not list(runs.glob("alone-*"))  # nothing written

@@ -52,7 +52,7 @@ from steplab.state.named import (
     named_state_dict,
 )
 from steplab.state.names import canonical_module, clean_name
-from steplab.state.ranks import barrier, consolidate, gather_rng, process_group, rank_rng
+from steplab.state.ranks import arrive, barrier, consolidate, gather_rng, process_group, rank_rng
 from steplab.state.rng import capture_rng
 from steplab.state.rng import restore_rng as _restore_rng
 from steplab.state.tensorfile import DTYPE_NAMES, read_tensors, write_tensors
@@ -163,6 +163,7 @@ def collect_for_save(optimizer: torch.optim.Optimizer | None, rng: bool
     group = process_group()
     if group is None:
         return True, None
+    arrive("checkpoint.save")  # a rank calling save alone fails in one line, not a hang
     rng_ranks = gather_rng() if rng else None
     consolidate(optimizer)
     return group[0] == 0, rng_ranks

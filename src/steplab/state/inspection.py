@@ -342,15 +342,25 @@ def inspect(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) ->
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory, or a Checkpointer root's newest good checkpoint."""
-    if path.is_dir() and not (path / MANIFEST).exists() and any(path.glob("step-*")):
-        from steplab.state.checkpointer import Checkpointer
+    """A checkpoint, or what ``latest()`` returns for a (sharded) checkpointer's root.
 
-        latest = Checkpointer(path).latest()
-        if latest is None:
-            raise CheckpointError(f"path: {path} holds no complete checkpoint")
-        return latest
-    return path
+    Raises:
+        CheckpointError: a root holding no complete checkpoint.
+    """
+    if not path.is_dir() or (path / MANIFEST).exists() or (path / "metadata.json").exists():
+        return path
+    steps = sorted(p for p in path.glob("step-*") if p.is_dir())
+    if not steps:
+        return path
+    from steplab.state.checkpointer import Checkpointer
+    from steplab.state.sharded_checkpointer import ShardedCheckpointer
+    from steplab.state.sharded_load import is_sharded  # they import this layer's named code
+
+    root = ShardedCheckpointer(path) if is_sharded(steps[-1]) else Checkpointer(path)
+    latest = root.latest()
+    if latest is None:
+        raise CheckpointError(f"path: {path} holds no complete checkpoint")
+    return latest
 
 
 def _inspect_sharded(root: Path) -> StateReport:

@@ -47,7 +47,7 @@ from steplab.state.names import (
     group_hyperparameters,
     optimizer_param_names,
 )
-from steplab.state.ranks import gather_rng, process_group
+from steplab.state.ranks import arrive, gather_rng, process_group
 from steplab.state.tensorfile import DTYPE_NAMES, write_tensors
 
 __all__ = ["FORMAT", "MARKER", "METADATA", "PendingShardedSave", "save_sharded"]
@@ -235,6 +235,7 @@ def save_sharded(path: str | os.PathLike[str], *, model: nn.Module,
     target = Path(path)
     rank, world = _rank_world()
     _check_target(target)
+    arrive("checkpoint.save")  # a rank calling save alone fails in one line, not a hang
     extra_json = _json_data("extra", extra or {})
     data = None if sampler is None else _json_data("sampler", sampler.state_dict())
     local, scalars = _local_tensors(model, optimizer)
