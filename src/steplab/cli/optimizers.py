@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     infos = [info.to_dict() for info in OPTIMIZERS.values()]
     paths = implementation_paths()
     for info in infos:
-        info["cpu_path"] = paths.get(info["name"])  # None for lookahead: its inner rule's
+        info["cpu_path"] = paths.get(info["name"])
     if args.json:
         print(json.dumps(infos, indent=2, ensure_ascii=False))
         return 0

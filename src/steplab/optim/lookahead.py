@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 
 from steplab.errors import SpecError
+from steplab.optim.closure import evaluate_closure
 from steplab.optim.interpolate import run_sync
+from steplab.optim.lookahead_fused import fused_sync_step, inner_problem
 from steplab.optim.lookahead_protocol import LookaheadProtocol
 from steplab.optim.lookahead_state import (
     PULLBACK_MODES,
@@ -260,6 +262,11 @@ class Lookahead(LookaheadProtocol):
         """
         state = self._local_state()
         params = [p for _, ps in self._local_groups() for p in ps]
+        fused, loss = self._fused_step(closure, state, params)
+        if fused:
+            return loss
+        if fused is None:  # the fused step was tried: the closure ran already
+            closure = None
         fresh, bare = [], {}
         for p in params:
             buffers = state.get(p)
@@ -273,7 +280,8 @@ class Lookahead(LookaheadProtocol):
             with torch.no_grad():
                 before = {p: p.detach().clone() for p in fresh}
         try:
-            loss = self.optimizer.step(closure)
+            inner_loss = self.optimizer.step(closure)
+            loss = loss if fused is None else inner_loss
         finally:
             for p, buffers in bare.items():
                 state.setdefault(p, {}).update(buffers)
@@ -289,6 +297,25 @@ class Lookahead(LookaheadProtocol):
         if due:
             self.sync(due)
         return loss
+
+    def _fused_step(self, closure: Callable[[], float] | None, state: Any, params: list[Tensor]
+                    ) -> tuple[bool | None, float | None]:
+        """A k-th step of every group in one fused pass, where it can be (``lookahead_fused``).
+
+        Returns ``(True, loss)`` when taken, ``(None, loss)`` when tried (the
+        closure ran) but not taken, ``(False, None)`` when not due or possible.
+        """
+        due = all((g["lookahead_step"] + 1) % g["lookahead_k"] == 0 for g in self.param_groups)
+        if not due or inner_problem(self.optimizer) is not None or any(
+                "slow_param" not in state.get(p, {}) for p in params):
+            return False, None
+        loss = evaluate_closure(closure)
+        if not fused_sync_step(self.optimizer, state, self._local_groups()):
+            return None, loss
+        for group, group_params in self._local_groups():
+            group["lookahead_step"] += 1
+            _reset_inner(state, group, group_params)
+        return True, loss
 
     @torch.no_grad()
     def sync(self, groups: list[dict[str, Any]] | None = None) -> None:
@@ -316,11 +343,7 @@ class Lookahead(LookaheadProtocol):
         for group, params, blocks in plans:
             for plan in blocks:
                 run_sync(plan, float(group["lookahead_alpha"]))
-            if group["lookahead_pullback"] == "reset":
-                for p in params:
-                    buffers = state.get(p, {})
-                    for key in [k for k in buffers if k not in _SLOW]:
-                        del buffers[key]
+            _reset_inner(state, group, params)
         if local_optimizer(self.optimizer) is not self.optimizer:
             self.optimizer._sync_params()  # type: ignore[attr-defined]  # ZeRO: broadcast shards
 
@@ -367,3 +390,12 @@ class Lookahead(LookaheadProtocol):
         """
         params, slows = self._all_params()
         torch._foreach_copy_(params, slows)
+
+
+def _reset_inner(state: Any, group: dict[str, Any], params: list[Tensor]) -> None:
+    """``pullback="reset"``: clear each parameter's inner state so it re-initialises lazily."""
+    if group["lookahead_pullback"] == "reset":
+        for p in params:
+            buffers = state.get(p, {})
+            for key in [k for k in buffers if k not in _SLOW]:
+                del buffers[key]

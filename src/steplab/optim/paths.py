@@ -31,7 +31,13 @@ import os
 
 from steplab.optim.compiler import compiler_problem
 
-__all__ = ["COMPILE_ENV", "MIN_COMPILED_ELEMENTS", "SINGLE_PASS_RULES", "single_pass_choice"]
+__all__ = [
+    "COMPILE_ENV",
+    "MIN_COMPILED_ELEMENTS",
+    "SINGLE_PASS_RULES",
+    "compile_choice",
+    "single_pass_choice",
+]
 
 #: environment variable: ``auto`` (default), ``always`` or ``never``
 COMPILE_ENV = "STEPLAB_COMPILE"
@@ -71,6 +77,28 @@ def single_pass_choice(name: str, elements: int, device_type: str = "cpu") -> tu
     """
     if name not in SINGLE_PASS_RULES:
         return False, "torch has a fused kernel" if name not in ("gd", "sgd") else "one foreach op"
+    return compile_choice(elements, device_type)
+
+
+def compile_choice(elements: int, device_type: str = "cpu") -> tuple[bool, str]:
+    """Whether a compiled kernel over ``elements`` parameter elements pays here, and why.
+
+    The rule every compiled step follows: ``STEPLAB_COMPILE=never`` never,
+    ``always`` always, ``auto`` from :data:`MIN_COMPILED_ELEMENTS`; never
+    without a compiler for the device.
+
+    Args:
+        elements: parameter elements the optimizer holds.
+        device_type: where they live.
+
+    Returns:
+        ``(take_it, reason)``; the reason is one short phrase.
+
+    Example:
+        >>> import os
+        >>> os.environ.get("STEPLAB_COMPILE", "auto") != "auto" or compile_choice(10**7)
+        (True, '>= 1M parameter elements')
+    """
     mode = compile_mode()
     if mode == "never":
         return False, f"{COMPILE_ENV}=never"
@@ -96,10 +124,11 @@ def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
         device_type: where the parameters would live.
 
     Returns:
-        ``{name: {"small": path, "large": path, "why": reason}}`` for every rule
-        but lookahead (which runs its inner rule); paths are ``"fused"``,
-        ``"foreach"``, ``"for-loop"`` or ``"compiled"``; small is 100k float32
-        elements, large 10M.
+        ``{name: {"small": path, "large": path, "why": reason}}`` for every rule;
+        paths are ``"fused"``, ``"foreach"``, ``"for-loop"`` or ``"compiled"``
+        (for lookahead: ``"inner, then sync"`` or ``"fused k-th step"``, its
+        Adam/AdamW k-th step and sync in one compiled pass); small is 100k
+        float32 elements, large 10M.
 
     Example:
         >>> implementation_paths()["adamw"]
@@ -121,4 +150,22 @@ def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
             "large": "compiled" if large else torch_path,
             "why": why,
         }
+    paths["lookahead"] = _lookahead_path(device_type)
     return paths
+
+
+def _lookahead_path(device_type: str) -> dict[str, str]:
+    """Lookahead's path: the k-th step fused with the sync around Adam/AdamW where it pays."""
+    unfused = "inner, then sync"
+    small, _ = compile_choice(SMALL_MODEL, device_type)
+    large, why = compile_choice(LARGE_MODEL, device_type)
+    if not large:
+        return {"small": unfused, "large": unfused, "why": why}
+    if small != large:
+        why = f"from {MIN_COMPILED_ELEMENTS / 1e6:g}M elements, where the compile pays"
+    return {
+        "small": "fused k-th step" if small else unfused,
+        "large": "fused k-th step",
+        "why": f"around adam/adamw/amsgrad the k-th step and the sync are one compiled pass"
+        f" (36 bytes/element, not 28 + 16) {why}; other inner rules: inner, then sync",
+    }
