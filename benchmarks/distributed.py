@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from docblock import write_block
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -138,28 +139,48 @@ def main() -> None:
         runs["1x1"].append(steps_per_s(1, steps, threads=1))
         runs["2"].append(steps_per_s(2, steps))
     speed = {k: statistics.median(v) for k, v in runs.items()}
-    saves = save_times(width, repeats)
+    rows = _rows(speed, save_times(width, repeats))
     console = Console()
     table = Table(title=f"distributed (2 cores, gloo): {time.strftime('%Y-%m-%d')}")
     for col in ("measure", "value", "ratio", "target"):
         table.add_column(col)
-    table.add_row("mnist1d-cnn steps/s, 1 process", f"{speed['1']:.1f}", "1.00x", "")
-    table.add_row("  1 process, 1 thread", f"{speed['1x1']:.1f}",
-                  f"{speed['1x1'] / speed['1']:.2f}x", "")
-    table.add_row("  2 processes x 1 thread, DDP", f"{speed['2']:.1f}",
-                  f"{speed['2'] / speed['1']:.2f}x", "report")
-    single = saves["single"]
-    table.add_row("steplab single-process save", f"{single * 1e3:.0f} ms", "1.00x", "")
-    table.add_row("steplab distributed save (2 ranks)", f"{saves['sharded'] * 1e3:.0f} ms",
-                  f"{saves['sharded'] / single:.2f}x", "<= 1.5x single")
-    table.add_row("torch DCP save (2 ranks)", f"{saves['dcp'] * 1e3:.0f} ms",
-                  f"{saves['sharded'] / saves['dcp']:.2f}x (ours/DCP)", "<= 1.2x")
-    table.add_row("async distributed save, blocked", f"{saves['async_blocked'] * 1e3:.0f} ms",
-                  f"{saves['async_blocked'] / saves['sharded']:.2f}x", "<= 0.25x blocking")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     state_mb = 4 * (2 * width * width + width + 1) * 4 / 1e6
-    console.print(f"state: {state_mb:.0f} MB (weights, exp_avg, exp_avg_sq, slow_param);"
-                  f" {repeats} repeats, medians")
+    note = (f"state: {state_mb:.0f} MB (weights, exp_avg, exp_avg_sq, slow_param);"
+            f" {repeats} repeats, medians")
+    console.print(note)
+    command = "benchmarks/distributed.py" + (" --quick" if args.quick else "")
+    body = "\n".join([
+        f"`.venv/bin/python {command}`, {time.strftime('%Y-%m-%d')}; {note}.", "",
+        "| measure | value | ratio | target |", "| --- | --- | --- | --- |",
+        *(f"| {' | '.join(r)} |" for r in rows)])
+    write_block("benchmarks.md", "distributed", "benchmarks/distributed.py", body)
+
+
+def _rows(speed: dict[str, float], saves: dict[str, float]) -> list[tuple[str, str, str, str]]:
+    """The table: training speed at 1 and 2 processes, then the saves, with their targets."""
+    single, sharded = saves["single"], saves["sharded"]
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"<= {target}x: {'**yes**' if ratio <= target else '**no**'}"
+
+    return [
+        ("mnist1d-cnn, 1 process, torch's default threads", f"{speed['1']:.1f} steps/s", "", ""),
+        ("mnist1d-cnn, 1 process, 1 thread", f"{speed['1x1']:.1f} steps/s", "1.00x", ""),
+        ("mnist1d-cnn, 2 processes x 1 thread (DDP, torch's launcher)",
+         f"{speed['2']:.1f} steps/s", f"{speed['2'] / speed['1x1']:.2f}x", "report"),
+        ("steplab single-process save of the same state", f"{single * 1e3:.0f} ms", "1.00x", ""),
+        ("steplab distributed save (2 ranks)", f"{sharded * 1e3:.0f} ms",
+         f"{sharded / single:.2f}x single", verdict(sharded / single, 1.5)),
+        ("torch DCP `dcp.save` (2 ranks)", f"{saves['dcp'] * 1e3:.0f} ms",
+         f"ours {sharded / saves['dcp']:.2f}x DCP", verdict(sharded / saves["dcp"], 1.2)),
+        ("async distributed save, time the caller is blocked",
+         f"{saves['async_blocked'] * 1e3:.0f} ms",
+         f"{saves['async_blocked'] / sharded:.2f}x blocking",
+         verdict(saves["async_blocked"] / sharded, 0.25)),
+    ]
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def _alone(rank: int, out: str) -> list[str | None]:
 
     errors: list[str | None] = []
     if rank == 0:
-        os.environ["STEPLAB_COLLECTIVE_TIMEOUT"] = "2"
+        os.environ["STEPLAB_COLLECTIVE_TIMEOUT"] = "1"
         for save in (checkpoint.save, save_sharded):
             try:
                 save(Path(out) / f"alone-{save.__module__}", model=nn.Linear(3, 2), step=1)

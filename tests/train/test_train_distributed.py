@@ -102,6 +102,6 @@ def test_a_save_called_on_rank_0_alone_fails_in_one_line_naming_rank_1(
     errors = rng_runs[0]["alone"]
     assert len(errors) == 2
     for error in errors:
-        assert error.startswith("checkpoint.save: rank 1 of 2 did not call it within 2 s"), error
+        assert error.startswith("checkpoint.save: rank 1 of 2 did not call it within 1 s"), error
         assert "\n" not in error
     assert not list(runs.glob("alone-*"))  # nothing written

@@ -21,10 +21,12 @@ trains on alone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from steplab.errors import SpecError, SteplabError
@@ -110,6 +112,29 @@ def _how(exitcode: int) -> str:
     return f"exited with code {exitcode}"
 
 
+@contextlib.contextmanager
+def _launch_environment() -> Iterator[None]:
+    """The launched processes' extra environment, set only while they run.
+
+    Gloo and NCCL on the loopback interface (unless the user chose one), and
+    this process's pid for :func:`follow_launcher`.
+    """
+    loopback = _loopback_interface()
+    extra = {"GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", loopback),
+             "NCCL_SOCKET_IFNAME": os.environ.get("NCCL_SOCKET_IFNAME", loopback),
+             _LAUNCHER: str(os.getpid())}
+    before = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def launch(train_args: list[str], nproc: int) -> None:
     """Run ``steplab train <train_args>`` in ``nproc`` processes; return when all have ended.
 
@@ -126,11 +151,7 @@ def launch(train_args: list[str], nproc: int) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    loopback = _loopback_interface()
-    for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
-        os.environ.setdefault(name, loopback)
-    os.environ[_LAUNCHER] = str(os.getpid())
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with _launch_environment(), socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         _register_rendezvous(sock)
