@@ -108,3 +108,24 @@ def test_inspect_of_a_sharded_root_reads_the_latest_complete_checkpoint(
     report = json.loads(out)
     assert report["source"] == "step-00000004, step 4, 1 ranks"
     assert "exp_avg_sq" in {b["name"] for p in report["params"] for b in p["buffers"]}
+
+
+def test_convert_carries_the_data_position_and_grad_scaler_both_ways(tmp_path: Path) -> None:
+    from steplab import checkpoint
+    from steplab.state.sharded_convert import convert
+
+    plan = plan_run(40, 4, 30, None, 4, 30)
+    sampler = BatchStream(40, plan, seed=3)
+    sampler.next()
+    scaler = torch.amp.GradScaler("cpu", init_scale=64.0)
+    scaler.scale(torch.ones(1))
+    sharded = save_sharded(tmp_path / "ck", model=_net(), step=1, sampler=sampler, scaler=scaler)
+    single = convert(Path(str(sharded)), tmp_path / "single")
+    fresh = torch.amp.GradScaler("cpu")
+    result = checkpoint.load(single, model=_net(), scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert result.extra["data"] == sampler.state_dict()  # where fit looks for it on one process
+    back = check_sharded(convert(single, tmp_path / "back"))
+    assert back["data"] == sampler.state_dict() and "data" not in back["extra"]
+    assert back["scaler"] == json.loads((Path(str(sharded)) / "metadata.json").read_text())[
+        "scaler"]

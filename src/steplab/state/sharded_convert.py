@@ -6,7 +6,9 @@ A sharded checkpoint (:mod:`steplab.state.sharded`) becomes one
 checkpoint becomes a sharded one with one rank file, which
 :func:`steplab.state.sharded_load.load_sharded` loads at any world size.
 Tensors, optimizer state by name (Lookahead's slow weights and counters
-included), scheduler state, extra and RNG states carry over unchanged.
+included), scheduler and GradScaler state, extra and RNG states carry over
+unchanged; the data position moves between the sharded ``data`` field and
+``extra["data"]``, where a single-process run keeps it.
 Writes are atomic as everywhere else; nothing is unpickled.
 """
 
@@ -47,10 +49,10 @@ def _to_single(src: Path, dst: Path) -> Path:
         "model": {"class": meta["model"]["class"], "keys": list(contents.model)},
         "optimizer": None if contents.optimizer is None else encode(
             contents.optimizer, [], tensors, _tensor_key),
-        "scheduler": meta.get("scheduler"), "scaler": None,
+        "scheduler": meta.get("scheduler"), "scaler": meta.get("scaler"),
         "rng": ranks[0] if isinstance(ranks, list) and ranks else None,
-        "extra": {**meta["extra"], "converted_from": {"world_size": meta["world_size"],
-                                                      "rng_ranks": ranks}},
+        "extra": {**meta["extra"], **({} if meta.get("data") is None else {"data": meta["data"]}),
+                  "converted_from": {"world_size": meta["world_size"], "rng_ranks": ranks}},
     }
     return _commit(dst, tensors, body)
 
@@ -76,7 +78,10 @@ def _to_sharded(src: Path, dst: Path) -> Path:
         "model": {"class": c.manifest["model"]["class"]}, "param_groups": groups,
         "has_optimizer": c.optimizer is not None,
         "scheduler": None if c.scheduler is None else encode(c.scheduler, ["scheduler"], sched),
-        "rng_ranks": None if c.rng is None else [c.rng], "extra": c.extra,
+        "scaler": None if c.scaler is None else encode(c.scaler, ["scaler"], sched),
+        "data": c.extra.get("data"),  # where a single-process run keeps its data position
+        "rng_ranks": None if c.rng is None else [c.rng],
+        "extra": {k: v for k, v in c.extra.items() if k != "data"},
     }
     tmp = dst.parent / f".tmp-{dst.name}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
