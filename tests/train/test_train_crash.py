@@ -40,7 +40,9 @@ def _start(hooks: Path, out: Path, resume: bool = False, **env: str) -> subproce
     """Start the run in a process group of its own (the launcher leads it)."""
     hooks.mkdir(parents=True, exist_ok=True)
     environ = {**os.environ, "STEPLAB_CRASH_DIR": str(hooks),
-               "PYTHONPATH": os.pathsep.join([str(_HERE / "crashsite"), str(_HERE)]), **env}
+               "PYTHONPATH": os.pathsep.join([str(_HERE / "crashsite"), str(_HERE),
+                                              *filter(None, [os.environ.get("PYTHONPATH")])]),
+               **env}
     command = [sys.executable, "-m", "steplab", "train", *_ARGS, "--out", str(out)]
     return subprocess.Popen([*command, *(["--resume"] if resume else [])], env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

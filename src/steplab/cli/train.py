@@ -101,7 +101,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
     p.add_argument("--nproc", type=int, default=1,
                    help="processes on this machine (torch's launcher, gloo on CPU, nccl on "
-                   "CUDA); only rank 0 writes files and prints")
+                   "CUDA; everything listens on 127.0.0.1 only); only rank 0 writes files "
+                   "and prints; default 1")
     p.set_defaults(func=run)
 
 
