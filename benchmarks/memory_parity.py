@@ -10,21 +10,22 @@ lean format's claim "equivalent to its float32 original within 1 point".
 Run::
 
     nice -n 5 .venv/bin/python benchmarks/memory_parity.py --out memory-study --workers 2
-    .venv/bin/python benchmarks/memory_parity.py --out memory-study --seeds 3 --write-docs
+    .venv/bin/python benchmarks/memory_parity.py --out memory-study --write-docs
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 from pathlib import Path
 from typing import Any
 
 from steplab.study.compare import run_study
 from steplab.study.presets import load_preset
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- memory_parity:begin -->", "<!-- memory_parity:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblock import write_block
 
 
 def _pct(x: float) -> str:
@@ -57,16 +58,6 @@ def tables(result: Any) -> str:
     return "\n".join(out)
 
 
-def _write_docs(text: str) -> None:
-    doc = DOCS.read_text(encoding="utf-8")
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n### Parity (`benchmarks/memory_parity.py`)\n\n" + block + "\n"
-    DOCS.write_text(doc, encoding="utf-8")
-
-
 def main() -> None:
     """Run (or resume) the memory preset and print / write its tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -92,7 +83,8 @@ def main() -> None:
                   f"`benchmarks/memory_parity.py{flags}` (the `steplab compare --preset memory` "
                   f"study: {spec.seeds} paired seeds, {spec.steps} steps, every format at "
                   f"AdamW's default lr; {result.n_runs} runs).\n\n")
-        _write_docs(header + text)
+        write_block("benchmarks.md", "memory_parity", "benchmarks/memory_parity.py",
+                    header + text, heading="### Parity (`benchmarks/memory_parity.py`)")
 
 
 if __name__ == "__main__":

@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from docblock import replace_block  # noqa: E402  (the one docs-block writer)
 
 
 def _replace(path: Path, name: str, body: str) -> None:
-    text = path.read_text()
-    begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{path}: no {begin} ... {end} block to rewrite")
-    path.write_text(pattern.sub(lambda _: f"{begin}\n{body.strip()}\n{end}", text))
+    replace_block(path, f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->",
+                  body, append=False)
 
 
 def _now() -> str:

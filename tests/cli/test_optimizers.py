@@ -23,6 +23,7 @@ def test_json_lists_every_optimizer_with_rule_defaults_buffers_bytes_and_space(
         "eps": 1e-08,
         "weight_decay": 0.0,
         "state": "fp32",
+        "min_size": 4096,
     }
     assert adam["buffers"] == ["step", "exp_avg", "exp_avg_sq"] and adam["bytes_per_param"] == 8
     assert adam["search_space"]["lr"] == [1e-05, 0.1, "log", 1]

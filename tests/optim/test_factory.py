@@ -34,8 +34,8 @@ def test_every_name_builds_its_torch_class_with_registry_defaults(name: str) -> 
     info = OPTIMIZERS[name]
     assert f"{type(opt).__module__.rsplit('.', 1)[0]}.{type(opt).__name__}" == info.torch_class
     for key, value in info.defaults.items():
-        if key == "state":  # steplab's own: the default fp32 is torch's class, unchanged
-            assert value == "fp32" and "state" not in opt.defaults
+        if key in ("state", "min_size"):  # steplab's own: fp32 is torch's class, unchanged
+            assert value in ("fp32", 4096) and key not in opt.defaults
             continue
         assert opt.defaults[key] == value, key
     assert optimizer_info(opt) is info

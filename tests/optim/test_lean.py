@@ -32,15 +32,20 @@ def _problem(shapes: list[tuple[int, ...]], seed: int) -> tuple[list[np.ndarray]
 @settings(max_examples=12, deadline=None)
 @given(name=st.sampled_from(NAMES), kind=st.sampled_from(KINDS),
        lr=st.sampled_from([1e-3, 1e-2]), wd=st.sampled_from([0.0, 0.1]),
-       big=st.sampled_from([(64, 80), (4096,), (3, 1500)]), seed=st.integers(0, 2**16))
+       big=st.sampled_from([(64, 80), (4096,), (3, 1500)]), seed=st.integers(0, 2**16),
+       min_size=st.sampled_from([4096, 0]))
 def test_lean_update_agrees_with_numpy_reference_over_many_steps(
-        name: str, kind: str, lr: float, wd: float, big: tuple[int, ...], seed: int) -> None:
+        name: str, kind: str, lr: float, wd: float, big: tuple[int, ...], seed: int,
+        min_size: int) -> None:
     """Free-running for 40 steps: the torch path and the reference stay within a few
-    quantisation steps of each other; teacher-forced, each step's codes agree."""
+    quantisation steps of each other (with ``min_size=0`` the 7-element tensor is
+    quantised too); teacher-forced, each step's codes agree."""
     shapes = [big, (7,)]
     thetas, noises = _problem(shapes, seed)
     params = [torch.nn.Parameter(torch.tensor(t)) for t in thetas]
     hyper: dict[str, Any] = {"lr": lr, "weight_decay": wd, "state": kind}
+    if kind != "bf16":
+        hyper["min_size"] = min_size
     opt = create_optimizer(name, params, **hyper)
     rules = [reference.for_name(name, **hyper) for _ in shapes]
     assert all(isinstance(r, LeanReference) for r in rules)
@@ -219,3 +224,30 @@ def test_spec_round_trips_and_small_tensors_stay_fp32() -> None:
     opt.step()
     assert sorted(opt.state[model.bias]) == ["exp_avg", "exp_avg_sq", "step"]
     assert opt.state[model.weight]["exp_avg_codes"].numel() == 5000
+
+
+def test_min_size_zero_quantises_every_tensor_and_is_validated() -> None:
+    model = torch.nn.Linear(100, 100)
+    opt = create_optimizer("adamw(state=int4, min_size=0)", model)
+    assert str(opt.steplab_spec) == "adamw(min_size=0, state=int4)"
+    model(torch.ones(1, 100)).sum().backward()
+    opt.step()
+    assert sorted(opt.state[model.bias]) == ["exp_avg_absmax", "exp_avg_codes",
+                                             "exp_avg_sq_absmax", "exp_avg_sq_codes", "step"]
+    assert opt.state[model.bias]["exp_avg_codes"].numel() == 50
+    one = torch.nn.Parameter(torch.ones(1))  # one element: codes could not tell their width
+    one.grad = torch.ones(1)
+    single = LeanAdam([one], state="int8", min_size=0)
+    single.step()
+    assert single.state[one]["exp_avg"].dtype == torch.float32
+    w = torch.nn.Parameter(torch.zeros(4))
+    for spec, message in [
+            ("adamw(state=int8, min_size=-1)", "min_size: got -1, expected an integer >= 0"),
+            ("adamw(state=int8, min_size=2.5)", "min_size: got 2.5, expected an integer >= 0"),
+            ("adamw(min_size=0)", "min_size: only used with state=int8 or state=int4, got "
+                                  "state=fp32"),
+            ("adamw(state=bf16, min_size=0)", "min_size: only used with state=int8")]:
+        with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+            create_optimizer(spec, [w])
+    with pytest.raises(SpecError, match="min_size: got True, expected an integer >= 0"):
+        LeanSGD([w], state="int8", min_size=True)  # type: ignore[arg-type]

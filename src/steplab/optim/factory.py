@@ -101,6 +101,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "alpha": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "min_size": (lambda v: v >= 0 and v == int(v), "an integer >= 0"),
 }
 
 
@@ -122,6 +123,10 @@ def _check_values(spec: OptimizerSpec) -> None:
                 raise SpecError(
                     f"optimizer spec '{spec}': {key}: got {value!r}, expected {expected}"
                 )
+    state = spec.kwargs.get("state", "fp32")
+    if "min_size" in spec.kwargs and state not in ("int8", "int4"):
+        raise SpecError(f"optimizer spec '{spec}': min_size: only used with state=int8 or "
+                        f"state=int4, got state={state}")
 
 
 def _merged_kwargs(spec: OptimizerSpec) -> dict[str, Any]:
@@ -139,6 +144,7 @@ def _torch_kwargs(
 ) -> dict[str, Any]:
     kwargs = _merged_kwargs(spec)
     kwargs.pop("state", None)
+    kwargs.pop("min_size", None)
     if "fused" not in kwargs and "foreach" not in kwargs:
         impl = FASTEST_IMPLEMENTATION[spec.name]
         impl = _TORCH_FALLBACK if impl == "compiled" else impl

@@ -6,8 +6,13 @@ chunk's moments are decoded to float32 scratch, updated by the kernel exactly
 as ``torch.optim.AdamW(fused=True)`` would, and encoded back (rounded to
 bf16, or block-wise quantised, see :mod:`steplab.optim.quantize`). Chunks are
 sized so the scratch of a step stays within :data:`PEAK_FRACTION` of the state
-(for states of more than about 2.6 MB; smaller ones use chunks of 8,192
-elements, about 128 KiB of scratch, since per-chunk overhead dominates there).
+(for states of more than about 2.5 MB; smaller ones use chunks of 8,192
+elements, about 120 KiB of scratch, since per-chunk overhead dominates there),
+and at most 262,144 elements, so a chunk's float32 moments stay in cache
+while a chunk is decoded, updated and encoded (each pass over a chunk is then
+a cache pass, not a memory one). All views a chunk needs are made before the
+loop (:class:`~steplab.optim.quantize.BlockCodec`): a chunk costs about a
+dozen torch calls per moment.
 
 bf16 and fp16 *parameters* are updated with Kahan-compensated summation
 (Zamirai et al. 2020, arXiv:2010.06192): the state keeps ``kahan_comp``, the
@@ -28,6 +33,7 @@ docs/benchmarks.md, "lean state").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +44,7 @@ from torch import Tensor
 from steplab.errors import SpecError
 from steplab.optim.closure import evaluate_closure
 from steplab.optim.lean_buffers import STATE_KINDS, LeanBuffer, read_buffer
-from steplab.optim.quantize import Scratch
+from steplab.optim.quantize import MIN_QUANTIZED_NUMEL, BlockCodec, Scratch
 
 __all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param"]
 
@@ -46,8 +52,10 @@ __all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_pe
 PEAK_FRACTION = 0.05
 #: chunks are sized to this fraction, leaving room for the allocator's own overhead
 #: (page rounding, mmap headers, small temporaries): measured peak RSS stays under 5%
-_SIZING_FRACTION = 0.03
-_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 8192, 1 << 20, 256
+_SIZING_FRACTION = 0.045
+#: chunk bounds: below 8K elements a chunk's dozen torch calls cost more than its
+#: arithmetic; above 256K its float32 scratch no longer stays in a core's L2 cache
+_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 8192, 1 << 18, 256
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -68,6 +76,13 @@ def _check_state(state: object) -> str:
     return str(state)
 
 
+def _check_min_size(min_size: object) -> int:
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, float)) or not (
+            math.isfinite(min_size) and min_size >= 0 and int(min_size) == min_size):
+        raise SpecError(f"min_size: got {min_size!r}, expected an integer >= 0")
+    return int(min_size)
+
+
 @dataclass
 class _Workspace:
     """Float32 scratch for one chunk: one buffer per moment, parameter and gradient copies."""
@@ -75,15 +90,15 @@ class _Workspace:
     moments: list[Tensor]
     param: Tensor
     grad: Tensor
-    scratch: Scratch
+    scratch: Scratch | None
 
     @classmethod
-    def allocate(cls, chunk: int, n_moments: int, low_precision: bool,
+    def allocate(cls, chunk: int, n_moments: int, low_precision: bool, quantised: bool,
                  device: torch.device) -> _Workspace:
         extra = chunk if low_precision else 0
         return cls([torch.empty(chunk, device=device) for _ in range(n_moments)],
                    torch.empty(extra, device=device), torch.empty(extra, device=device),
-                   Scratch.allocate(chunk, device))
+                   Scratch.allocate(chunk, device) if quantised else None)
 
 
 class _LeanOptimizer(torch.optim.Optimizer):
@@ -92,7 +107,8 @@ class _LeanOptimizer(torch.optim.Optimizer):
     buffer_names: tuple[str, ...] = ()
 
     def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
-        return [LeanBuffer(name, group["state"], p.numel()) for name in self.buffer_names]
+        return [LeanBuffer(name, group["state"], p.numel(), group["min_size"])
+                for name in self.buffer_names]
 
     def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
         state: dict[str, Any] = self.state[p]
@@ -113,10 +129,17 @@ class _LeanOptimizer(torch.optim.Optimizer):
         return sum(t.numel() * t.element_size() for s in self.state.values()
                    for t in s.values() if isinstance(t, Tensor))
 
+    def _forms(self) -> set[str]:
+        return {b.form for g in self.param_groups for p in g["params"]
+                for b in self._buffers(g, p)}
+
     def _per_element(self) -> int:
-        """Scratch bytes per chunk element: float32 moments, two int32 work buffers,
-        and float32 copies of a low-precision parameter and its gradient."""
-        per_element = 4 * len(self.buffer_names) + 8
+        """Scratch bytes per chunk element: float32 moments, the quantiser's work
+        buffers, and float32 copies of a low-precision parameter and its gradient."""
+        forms = self._forms()
+        per_element = 4 * len(self.buffer_names)
+        if forms & {"int8", "int4"}:
+            per_element += Scratch.bytes_per_element()
         if any(p.dtype in _LOW_PRECISION for g in self.param_groups for p in g["params"]):
             per_element += 8
         return per_element
@@ -128,36 +151,56 @@ class _LeanOptimizer(torch.optim.Optimizer):
         return chunk * self._per_element()
 
     def _chunk(self) -> int:
-        """Elements per chunk so that the scratch stays within ``PEAK_FRACTION`` of the state."""
+        """Elements per chunk: cache-sized, and within ``PEAK_FRACTION`` of the state."""
         fraction = min(PEAK_FRACTION, _SIZING_FRACTION)
         budget = int(fraction * self.state_bytes() / self._per_element()) // _ALIGN * _ALIGN
         return min(max(budget, _MIN_CHUNK), _MAX_CHUNK)
 
     def _run_chunks(self, group: dict[str, Any], p: Tensor, work: _Workspace, chunk: int,
                     kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
-        """Decode, update with ``kernel(param, grad, moments)`` and encode ``p`` chunk by chunk."""
+        """Decode, update with ``kernel(param, grad, moments)`` and encode ``p`` chunk by chunk.
+
+        Every view is made before the loop (codecs for full chunks and the last
+        one), so a chunk costs a few torch calls per buffer.
+        """
         state, buffers = self.state[p], self._buffers(group, p)
         assert p.grad is not None
-        flat_p, flat_g = p.detach().view(-1), p.grad.detach().reshape(-1)
+        params = torch.split(p.detach().view(-1), chunk)
+        grads = torch.split(p.grad.detach().reshape(-1), chunk)
+        pieces = [b.pieces(state, chunk) for b in buffers]
         comp = state.get("kahan_comp")
-        for start in range(0, p.numel(), chunk):
-            stop = min(start + chunk, p.numel())
-            moments = [b.load(state, start, stop, out, work.scratch)
-                       for b, out in zip(buffers, work.moments, strict=True)]
-            grad = flat_g[start:stop]
-            if comp is None:
-                param = flat_p[start:stop]
-            else:  # θ + c in float32, the compensated value of the parameter
-                param = work.param[: stop - start].copy_(flat_p[start:stop])
-                param.add_(comp.view(-1)[start:stop])
-                grad = work.grad[: stop - start].copy_(grad)
+        comps = torch.split(comp.view(-1), chunk) if comp is not None else [None] * len(params)
+        form, last = buffers[0].form, params[-1].numel()
+        outs = work.moments[: len(buffers)]
+        codecs: dict[int, list[BlockCodec]] = {}
+        if form in ("int8", "int4"):
+            assert work.scratch is not None
+            codecs = {n: [b.codec(out, n, work.scratch) for b, out in zip(buffers, outs,
+                                                                           strict=True)]
+                      for n in {params[0].numel(), last}}
+        for i, (param, grad, c) in enumerate(zip(params, grads, comps, strict=True)):
+            n = param.numel()
+            if form == "fp32":
+                moments = [piece[i][0] for piece in pieces]
+            elif form == "bf16":  # one call converts every moment
+                moments = [out[:n] for out in outs]
+                torch._foreach_copy_(moments, [piece[i][0] for piece in pieces])
+            else:
+                moments = [codec.decode(*piece[i]) for codec, piece in zip(codecs[n], pieces,
+                                                                            strict=True)]
+            low = param
+            if c is not None:  # θ + c in float32, the compensated value of the parameter
+                param = work.param[:n].copy_(param).add_(c)
+                grad = work.grad[:n].copy_(grad)
             kernel(param, grad, moments)
-            if comp is not None:
-                low = flat_p[start:stop]
+            if c is not None:
                 low.copy_(param)
-                comp.view(-1)[start:stop].copy_(param.sub_(low))
-            for b, values in zip(buffers, moments, strict=True):
-                b.store(state, start, stop, values, work.scratch)
+                c.copy_(param.sub_(low))
+            if form == "bf16":
+                torch._foreach_copy_([piece[i][0] for piece in pieces], moments)
+            elif form != "fp32":
+                for codec, piece in zip(codecs[n], pieces, strict=True):
+                    codec.encode(*piece[i])
 
     def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], _Workspace | None, int]:
         todo = []
@@ -176,8 +219,10 @@ class _LeanOptimizer(torch.optim.Optimizer):
             return todo, None, 0
         chunk = min(self._chunk(), -(-max(p.numel() for _, p in todo) // _ALIGN) * _ALIGN)
         low = any(p.dtype in _LOW_PRECISION for _, p in todo)
-        return todo, _Workspace.allocate(chunk, len(self.buffer_names), low, todo[0][1].device), \
-            chunk
+        quantised = bool(self._forms() & {"int8", "int4"})
+        work = _Workspace.allocate(chunk, len(self.buffer_names), low, quantised,
+                                   todo[0][1].device)
+        return todo, work, chunk
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state, keeping each buffer's dtype exactly (torch would cast bf16 to the
@@ -190,12 +235,13 @@ class _LeanOptimizer(torch.optim.Optimizer):
         saved = state_dict.get("state", {})
         ours = {i: self._own_keys(b) for i, b in saved.items()}
         others = {i: {k: v for k, v in b.items() if k not in ours[i]} for i, b in saved.items()}
-        kinds = [g["state"] for g in self.param_groups]
+        kinds = [(g["state"], g["min_size"]) for g in self.param_groups]
         super().load_state_dict({**state_dict, "state": others})  # step, Lookahead's buffers
-        for group, kind in zip(self.param_groups, kinds, strict=True):
+        for group, (kind, min_size) in zip(self.param_groups, kinds, strict=True):
             for key, value in self.defaults.items():  # a torch AdamW state dict lacks ours
                 group.setdefault(key, value)
-            group["state"] = kind  # the form is the optimizer's own construction setting
+            # the form is the optimizer's own construction setting
+            group["state"], group["min_size"] = kind, min_size
         ids = [(g, p) for g in self.param_groups for p in g["params"]]
         for i, bufs in saved.items():
             group, p = ids[int(i)]
@@ -226,12 +272,9 @@ class _LeanOptimizer(torch.optim.Optimizer):
         if values is None:
             return
         chunk = -(-p.numel() // _ALIGN) * _ALIGN
-        work = torch.zeros(chunk, device=p.device)
-        loaded = buf.load(state, 0, p.numel(), work, Scratch.allocate(chunk, p.device))
-        loaded.copy_(values.to(p.device))
-        if buf.form == "fp32":
-            return
-        buf.store(state, 0, p.numel(), loaded, Scratch.allocate(chunk, p.device))
+        work, scratch = torch.zeros(chunk, device=p.device), Scratch.allocate(chunk, p.device)
+        buf.load(state, work, scratch).copy_(values.to(p.device))
+        buf.store(state, work, scratch)
 
 
 class LeanAdam(_LeanOptimizer):
@@ -254,9 +297,11 @@ class LeanAdam(_LeanOptimizer):
         decoupled: AdamW's decoupled decay θ ← θ(1 − ηλ) (default False).
         state: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int4"`` (default ``"int8"``).
         maximize: ascend instead of descend (default False).
+        min_size: tensors with fewer elements keep float32 moments under
+            ``int8``/``int4`` (default 4096, as bitsandbytes' ``min_8bit_size``).
 
     Raises:
-        SpecError: a bad ``state`` or hyperparameter.
+        SpecError: a bad ``state``, ``min_size`` or hyperparameter.
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(8192))
@@ -269,18 +314,19 @@ class LeanAdam(_LeanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, decoupled: bool = False,
-                 state: str = "int8", maximize: bool = False) -> None:
+                 state: str = "int8", maximize: bool = False,
+                 min_size: int = MIN_QUANTIZED_NUMEL) -> None:
         if not (lr > 0 and eps >= 0 and weight_decay >= 0 and all(0 <= b < 1 for b in betas)):
             raise SpecError(f"LeanAdam: got lr={lr}, betas={betas}, eps={eps}, weight_decay="
                             f"{weight_decay}; expected lr > 0, betas in [0, 1), eps, decay >= 0")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "decoupled": decoupled, "state": _check_state(state),
-                    "maximize": maximize}
+                    "maximize": maximize, "min_size": _check_min_size(min_size)}
         super().__init__(params, defaults)
 
     def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
         names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
-        return [LeanBuffer(name, group["state"], p.numel()) for name in names]
+        return [LeanBuffer(name, group["state"], p.numel(), group["min_size"]) for name in names]
 
     @property
     def buffer_names(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -340,9 +386,11 @@ class LeanSGD(_LeanOptimizer):
         nesterov: Nesterov's form (default False).
         state: ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"int4"`` (default ``"int8"``).
         maximize: ascend instead of descend (default False).
+        min_size: tensors with fewer elements keep a float32 buffer under
+            ``int8``/``int4`` (default 4096).
 
     Raises:
-        SpecError: a bad ``state`` or hyperparameter.
+        SpecError: a bad ``state``, ``min_size`` or hyperparameter.
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(8192))
@@ -356,14 +404,16 @@ class LeanSGD(_LeanOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 state: str = "int8", maximize: bool = False) -> None:
+                 state: str = "int8", maximize: bool = False,
+                 min_size: int = MIN_QUANTIZED_NUMEL) -> None:
         if not (lr > 0 and 0 < momentum <= 1 and 0 <= dampening <= 1 and weight_decay >= 0):
             raise SpecError(f"LeanSGD: got lr={lr}, momentum={momentum}, dampening={dampening},"
                             f" weight_decay={weight_decay}; expected lr > 0, momentum in (0, 1],"
                             " dampening in [0, 1], weight_decay >= 0")
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov,
-                    "state": _check_state(state), "maximize": maximize}
+                    "state": _check_state(state), "maximize": maximize,
+                    "min_size": _check_min_size(min_size)}
         super().__init__(params, defaults)
 
     @torch.no_grad()

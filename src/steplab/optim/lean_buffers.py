@@ -4,8 +4,9 @@ A buffer (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``)
 is kept in one of three forms in the optimizer's per-parameter state:
 
 - ``fp32``: ``state[name]``, a float32 tensor shaped like the parameter (the
-  ``state=fp32`` default, and every tensor under
-  :data:`~steplab.optim.quantize.MIN_QUANTIZED_NUMEL` elements);
+  ``state=fp32`` default, and every tensor under ``min_size`` elements, by
+  default :data:`~steplab.optim.quantize.MIN_QUANTIZED_NUMEL`; a one-element
+  tensor always, since its codes would not tell their width apart);
 - ``bf16``: ``state[name]``, a bfloat16 tensor shaped like the parameter;
 - ``int8`` / ``int4``: ``state[name + "_codes"]`` (uint8, flat, two codes a byte
   for 4-bit) and ``state[name + "_absmax"]`` (float32, one per block).
@@ -31,11 +32,10 @@ from torch import Tensor
 
 from steplab.optim.quantize import (
     MIN_QUANTIZED_NUMEL,
+    BlockCodec,
     QuantMap,
     Scratch,
-    absmax_of,
     decode_blocks,
-    encode_blocks,
 )
 
 __all__ = ["STATE_KINDS", "LeanBuffer", "StateKind", "qmap_for", "read_buffer"]
@@ -51,14 +51,15 @@ CODES, ABSMAX = "_codes", "_absmax"
 @cache
 def qmap_for(name: str, bits: int) -> QuantMap:
     """The map a buffer is quantised with: dynamic signed for first moments and momentum,
-    dynamic unsigned (8-bit) or linear without zero (4-bit) for second moments.
+    dynamic unsigned (8-bit) or zero plus 15 linear levels, zero only for an exact
+    zero (4-bit), for second moments.
 
     >>> qmap_for("exp_avg_sq", 4).signed, qmap_for("exp_avg", 4).signed
     (False, True)
     """
     if name not in SECOND_MOMENTS:
         return QuantMap.dynamic(signed=True, bits=bits)
-    return QuantMap.dynamic(signed=False, bits=8) if bits == 8 else QuantMap.linear_positive(4)
+    return QuantMap.dynamic(signed=False, bits=8) if bits == 8 else QuantMap.zero_and_linear(4)
 
 
 @dataclass(frozen=True)
@@ -67,19 +68,21 @@ class LeanBuffer:
 
     Attributes:
         name: torch's buffer name (``"exp_avg"``...).
-        kind: the requested ``state=``; tensors under ``MIN_QUANTIZED_NUMEL``
-            elements fall back to ``fp32`` for ``int8``/``int4``.
+        kind: the requested ``state=``; tensors under ``min_size`` elements
+            (and one-element tensors) fall back to ``fp32`` for ``int8``/``int4``.
         numel: elements of the parameter.
+        min_size: the smallest tensor quantised (``min_size=`` hyperparameter).
     """
 
     name: str
     kind: str
     numel: int
+    min_size: int = MIN_QUANTIZED_NUMEL
 
     @cached_property
     def form(self) -> str:
         """The form actually used: ``fp32``, ``bf16``, ``int8`` or ``int4``."""
-        if self.kind in ("int8", "int4") and self.numel < MIN_QUANTIZED_NUMEL:
+        if self.kind in ("int8", "int4") and self.numel < max(self.min_size, 2):
             return "fp32"
         return self.kind
 
@@ -120,48 +123,43 @@ class LeanBuffer:
         q = self.qmap
         return q.packed_numel(self.numel) + 4 * q.blocks(self.numel)
 
-    def load(self, state: dict[str, Any], start: int, stop: int, out: Tensor,
-             scratch: Scratch) -> Tensor:
-        """Elements ``start:stop`` as float32: a view of fp32 state, else decoded into ``out``.
+    def pieces(self, state: dict[str, Any], chunk: int) -> list[tuple[Tensor, ...]]:
+        """The buffer's state cut into chunks of ``chunk`` elements (a multiple of 256).
 
-        ``out`` has room for ``stop - start`` rounded up to whole blocks; the
-        padding is zero after decoding.
+        Each piece is ``(values,)`` for fp32/bf16, else ``(codes, absmax)`` with
+        ``absmax`` shaped ``(blocks, 1)`` as :class:`BlockCodec` takes it.
         """
+        if self.form in ("fp32", "bf16"):
+            return [(t,) for t in state[self.name].view(-1).split(chunk)]
+        q = self.qmap
+        codes = state[self.name + CODES].split(q.packed_numel(chunk))
+        absmax = state[self.name + ABSMAX].view(-1, 1).split(chunk // q.block)
+        return list(zip(codes, absmax, strict=True))
+
+    def codec(self, out: Tensor, length: int, scratch: Scratch) -> BlockCodec:
+        """A codec for chunks of ``length`` elements decoded into ``out`` (quantised forms)."""
+        q = self.qmap
+        return BlockCodec(q, out[: -(-length // q.block) * q.block], length, scratch)
+
+    def load(self, state: dict[str, Any], out: Tensor, scratch: Scratch) -> Tensor:
+        """The whole buffer as float32: the fp32 state itself, else decoded into ``out``
+        (``numel`` rounded up to whole blocks of room)."""
         if self.form == "fp32":
             flat: Tensor = state[self.name].view(-1)
-            return flat[start:stop]
+            return flat
         if self.form == "bf16":
-            return out[: stop - start].copy_(state[self.name].view(-1)[start:stop])
-        q, length = self.qmap, stop - start
-        padded = out[: -(-length // q.block) * q.block]
-        codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
-        absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
-        decode_blocks(codes, absmax, q, padded, scratch)
-        if padded.numel() == length:
-            return padded
-        padded[length:].zero_()
-        return padded[:length]
+            return out[: self.numel].copy_(state[self.name].view(-1))
+        (piece,) = self.pieces(state, out.numel())
+        return self.codec(out, self.numel, scratch).decode(*piece)
 
-    def store(self, state: dict[str, Any], start: int, stop: int, values: Tensor,
-              scratch: Scratch) -> None:
-        """Write float32 ``values`` (from :meth:`load`, updated) back to elements ``start:stop``.
-
-        For quantised forms ``values``' storage (padded to whole blocks, padding
-        zero) is overwritten while encoding.
-        """
-        if self.form == "fp32":
-            return
+    def store(self, state: dict[str, Any], out: Tensor, scratch: Scratch) -> None:
+        """Write the whole buffer back from ``out`` (as :meth:`load` left it, updated);
+        ``out`` is overwritten for quantised forms."""
         if self.form == "bf16":
-            state[self.name].view(-1)[start:stop].copy_(values)
-            return
-        q, length = self.qmap, stop - start
-        padded = values.as_strided((-(-length // q.block) * q.block,), (1,))
-        if padded.numel() != length:
-            padded[length:].zero_()
-        absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
-        absmax_of(padded, q.block, out=absmax, scratch=scratch)
-        codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
-        encode_blocks(padded, absmax, q, codes, scratch)
+            state[self.name].view(-1).copy_(out[: self.numel])
+        elif self.form != "fp32":
+            (piece,) = self.pieces(state, out.numel())
+            self.codec(out, self.numel, scratch).encode(*piece)
 
 
 def read_buffer(state: dict[str, Any], name: str, numel: int) -> Tensor | None:

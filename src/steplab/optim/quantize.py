@@ -2,41 +2,46 @@
 
 A tensor is cut into blocks of ``block`` consecutive elements (256 for 8-bit,
 128 for 4-bit codes). Each block keeps its absolute maximum ``a`` as a float32
-scale and each element the index of the nearest value in a sorted
-quantisation map ``Q`` of numbers in ``[-1, 1]``::
+scale and each element a code: the index of a value in a sorted quantisation
+map ``Q`` of numbers in ``[-1, 1]``::
 
-    code(x) = argmin_i |x / a - Q[i]|      (ties to the lower index)
-    x̃      = Q[code(x)] · a
+    y      = x / (a · 2⁻¹⁴)                 (float32 division)
+    code   = nearest level of |f16(y)| · 2⁻¹⁴ (ties to the smaller), sign bit if signed
+    x̃      = Q[code] · a
 
-Dynamic map: the paper's "dynamic tree" map gives every decade of magnitude
-its own run of linearly spaced values, so small moments keep relative
-precision that a linear map would round to zero. A code is a sign bit (signed
-maps only) and ``n`` magnitude bits; decade ``e = 0 .. n-1`` holds the
-``2^(n-1-e)`` magnitudes ``10^-e · (0.1 + 0.9 j / 2^(n-1-e))``,
-``j = 1 .. 2^(n-1-e)``, and the all-zero magnitude is 0: 128 magnitudes for
-signed 8-bit, 256 for unsigned 8-bit, 8 for signed 4-bit. They lie on a grid
-whose widest gap is ``0.9 / 2^(n-1)`` (top decade), so an element's error is at
-most half of that times its block's absmax: 0.70 % (signed 8-bit), 0.35 %
-(unsigned 8-bit), 11.25 % (signed 4-bit). Zero is in every dynamic map, so
-zero quantises to exactly zero.
+``f16`` rounds to float16 (to nearest, ties to even): ``y`` is first rounded
+to 11 significant bits, which lets one 65,536-entry table indexed by the
+float16 bit pattern give the code (one gather per element, no search). The
+scaling by 2¹⁴ keeps every ``|x/a| >= 2⁻²⁸`` a normal float16 number, so that
+rounding moves ``x/a`` by at most 2⁻¹² of the absmax (0.024 %), and values
+down to 2⁻³⁸ of the absmax still tell apart from zero. :attr:`QuantMap.max_error`
+is the exact worst case of the whole scheme.
 
-The unsigned 4-bit map (second moments in 4 bits) is linear without zero,
-``(1 .. 16) / 16`` (error <= 6.25 % of the absmax, reached at zero): with a
-dynamic 4-bit map every second moment below the smallest code rounds to zero
-and the Adam step ``m / (√0 + ε)`` explodes (the zero-point problem, Li, Chen,
-Zhu 2023, arXiv:2309.01507). A block of zeros still decodes to zeros (its
-absmax is 0).
+Maps. The dynamic map for first moments and momentum (signed) and for 8-bit
+second moments (unsigned) gives every decade of magnitude its own run of
+linearly spaced values, so small moments keep relative precision: a code is a
+sign bit (signed maps only) and ``n`` magnitude bits; decade ``e = 0 .. n-1``
+holds the ``2^(n-1-e)`` magnitudes ``10^-e · (0.1 + 0.9 j / 2^(n-1-e))``,
+``j = 1 .. 2^(n-1-e)``, and the all-zero magnitude is 0. Worst errors: 0.73 %
+of the block absmax (signed 8-bit), 0.38 % (unsigned 8-bit), 11.3 % (signed
+4-bit). 4-bit second moments use :meth:`QuantMap.zero_and_linear`: 0 and the
+15 levels ``(2j-1)/29``, where only an exact zero gets code 0 and every
+positive value at least the smallest level (worst error 1/29 + 2⁻¹² = 3.47 %). A
+second moment rounded to zero would make the Adam step ``m/(√0 + ε)`` explode
+(the zero-point problem, Li, Chen, Zhu 2023, arXiv:2309.01507); a true zero
+still decodes to exactly zero. Every map has 0 as a level: zero quantises to
+exactly zero.
 
-Encoding is vectorised without a search: a float's top bits (sign dropped)
-index a small table giving the candidate magnitude, and one comparison with
-the midpoint above it picks the nearest (ties to the smaller magnitude); see
-:func:`_bucket_lut`. Decoding is one table gather and a multiply.
+No 4-bit map can keep every error within 1 % of the absmax: 16 codes give at
+most 16 levels, and ``n`` levels leave some point of ``[0, 1]`` at distance
+``>= 1/(2n)`` from all of them (``n`` intervals of half-width ``r`` cover
+``[0, 1]`` only if ``2nr >= 1``): at least 1/32 = 3.1 % unsigned and, over
+``[-1, 1]``, 1/16 = 6.25 % signed. See docs/benchmarks.md, "lean state".
 
 Tensors with fewer than :data:`MIN_QUANTIZED_NUMEL` elements are not
-quantised (as in bitsandbytes and torchao): their scales would cost more
-than the codes save.
-
-4-bit codes are packed two to a byte, element ``2i`` in the high nibble.
+quantised by default (as in bitsandbytes and torchao): their scales would cost
+more than the codes save. 4-bit codes are packed two to a byte, element ``2i``
+in the high nibble.
 
 >>> qmap = QuantMap.dynamic(signed=True, bits=8)
 >>> len(qmap.magnitudes), float(qmap.table[255]), float(qmap.table[127]), qmap.block
@@ -57,9 +62,10 @@ from torch import Tensor
 __all__ = [
     "BLOCK_SIZES",
     "MIN_QUANTIZED_NUMEL",
+    "SCALE",
+    "BlockCodec",
     "QuantMap",
     "Scratch",
-    "absmax_of",
     "decode_blocks",
     "dequantize_blockwise",
     "encode_blocks",
@@ -68,8 +74,10 @@ __all__ = [
 
 #: elements per absmax block, by code width
 BLOCK_SIZES: dict[int, int] = {8: 256, 4: 128}
-#: tensors smaller than this keep float32 state
+#: tensors smaller than this keep float32 state (the default ``min_size``)
 MIN_QUANTIZED_NUMEL = 4096
+#: ``x`` is divided by ``absmax · SCALE`` before rounding to float16
+SCALE = 2.0**-14
 
 
 def _dynamic_magnitudes(n: int) -> list[float]:
@@ -81,41 +89,40 @@ def _dynamic_magnitudes(n: int) -> list[float]:
     return sorted(magnitudes)
 
 
-def _f32_bits(x: float) -> int:
-    return int(torch.tensor([x], dtype=torch.float32).view(torch.int32).item())
+def _half_values() -> Tensor:
+    """Every float16 bit pattern ``0 .. 65535`` as its float64 value."""
+    return torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).double()
 
 
-def _bucket_lut(mags: Tensor, signed: bool, bits: int) -> tuple[Tensor, int]:
-    """A lookup table from a float's top bits to the code of its candidate magnitude.
+def _code_lut(mags: Tensor, bits: int, signed: bool, zero_exact: bool) -> Tensor:
+    """uint8 code of every float16 pattern of ``y`` (nearest level of ``|y| · SCALE``).
 
-    A float32 ``y`` is cut to ``key = (bits(y) >> shift) & (2^(32-shift) - 1)``:
-    its sign bit, exponent and leading mantissa bits. Every ``|y|`` with a
-    given key lies in ``[lo, hi)``; the table gives the code of magnitude
-    ``cand`` = the number of midpoints below ``lo`` (with the sign bit for
-    negative keys of a signed map), and with at most one midpoint in any bucket
-    the nearest magnitude is ``cand + (|y| > mid[cand])``. ``shift`` is the
-    largest for which that holds. Keys of NaN and infinity (0/0 in an all-zero
-    block) give magnitude 0; other keys past 1.0 cannot occur.
-
-    Returns:
-        ``(lut int32, shift)``.
+    NaN and infinity (0/0 in an all-zero block) give code 0, whose value is +0.
     """
-    mid = ((mags[1:].double() + mags[:-1].double()) / 2).float()
-    one = _f32_bits(1.0)
-    for mantissa_bits in range(6, 16):
-        shift = 23 - mantissa_bits
-        keys = torch.arange(0, (one >> shift) + 2, dtype=torch.int32)
-        edges = (keys << shift).view(torch.float32)  # lo of each bucket (and the last hi)
-        below = torch.searchsorted(mid, edges, right=False)  # midpoints strictly below lo
-        if bool(((below[1:] - below[:-1]) <= 1).all()):
-            half = torch.full((1 << (31 - shift),), len(mags) - 1, dtype=torch.int32)
-            half[: keys.numel() - 1] = below[:-1].to(torch.int32)
-            nan = _f32_bits(float("inf")) >> shift
-            half[nan:] = 0
-            negative = half | (1 << (bits - 1)) if signed else half.clone()
-            negative[nan:] = 0  # x86 gives 0/0 the sign bit: still code 0, +0
-            return torch.cat([half, negative]), shift
-    raise ValueError("quantisation map: midpoints too close for a 15-bit mantissa lookup")
+    values = _half_values()
+    u = values.abs() * SCALE
+    mid = (mags[1:].double() + mags[:-1].double()) / 2
+    codes = torch.searchsorted(mid, u.nan_to_num(0.0, 0.0, 0.0), right=False)  # ties: lower
+    if zero_exact:
+        codes = torch.where((u > 0) & (codes == 0), 1, codes)
+    if signed:
+        codes = codes | (torch.signbit(values).long() << (bits - 1))
+    codes[~torch.isfinite(values)] = 0
+    return codes.to(torch.uint8)
+
+
+def _max_error(mags: Tensor, lut: Tensor, zero_exact: bool) -> float:
+    """Worst ``|x/a - Q[code]|`` over ``x/a`` in [0, 1]: each float16 value ``h`` stands for
+    the reals between the midpoints to its neighbours, all given ``lut[h]``'s level."""
+    values = _half_values()
+    keep = (values >= 0) & (values * SCALE <= 1) & ~torch.signbit(values)
+    order = torch.argsort(values[keep])
+    u = (values[keep] * SCALE)[order]
+    level = mags.double()[(lut.long()[keep] & (mags.numel() - 1))[order]]
+    lo = torch.cat([u[:1], (u[1:] + u[:-1]) / 2])
+    hi = torch.cat([(u[1:] + u[:-1]) / 2, u[-1:]])
+    worst = torch.maximum((lo - level).abs(), (hi - level).abs()).max()
+    return max(float(worst), float(mags[1]) if zero_exact else 0.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,16 +133,16 @@ class QuantMap:
     as the dynamic tree layout writes it; ``table[code]`` is its value.
 
     Attributes:
-        magnitudes: the map's non-negative values, sorted, float32.
+        magnitudes: the map's non-negative values, sorted, float32 (the first is 0).
         table: value of every code (``2**bits`` entries), float32.
         bits: code width (8 or 4).
         signed: whether codes carry a sign bit.
         block: elements per absmax block.
+        zero_exact: only an exact zero gets code 0 (positive values round up).
         max_error: the largest quantisation error as a fraction of the block absmax.
-        lut: key -> code of the candidate magnitude (see :func:`_bucket_lut`).
-        midpoints: by code, the midpoint above the code's magnitude (``+inf``
-            for the top one), float32.
-        shift: float32 bits dropped to form a key.
+        lut: uint8 code of each float16 bit pattern of ``x / (absmax · SCALE)``.
+        pairs: 4-bit maps: int64 holding the two float32 values of each packed byte.
+        pack: 4-bit maps: uint8 packed byte of each little-endian int16 ``c0 + 256 c1``.
     """
 
     magnitudes: Tensor
@@ -143,32 +150,40 @@ class QuantMap:
     bits: int
     signed: bool
     block: int
+    zero_exact: bool
     max_error: float
     lut: Tensor
-    midpoints: Tensor
-    shift: int
+    pairs: Tensor
+    pack: Tensor
 
     @classmethod
-    def from_magnitudes(cls, magnitudes: list[float], bits: int, signed: bool) -> QuantMap:
-        """Build a map from its sorted magnitudes in ``[0, 1]``.
+    def from_magnitudes(cls, magnitudes: list[float], bits: int, signed: bool,
+                        zero_exact: bool = False) -> QuantMap:
+        """Build a map from its sorted magnitudes in ``[0, 1]``, starting at 0.
 
         Raises:
             ValueError: for an unsupported width, unsorted magnitudes, magnitudes
-                outside [0, 1] or more than the codes can index.
+                outside [0, 1], no zero level or more than the codes can index.
         """
         if bits not in BLOCK_SIZES:
             raise ValueError(f"bits: got {bits}, expected one of {sorted(BLOCK_SIZES)}")
         m = torch.tensor(magnitudes, dtype=torch.float64)
         room = 2 ** (bits - 1 if signed else bits)
-        if len(magnitudes) != room or not bool((m[1:] > m[:-1]).all()) or m[0] < 0 or m[-1] > 1:
-            raise ValueError(f"magnitudes: expected {room} increasing numbers in [0, 1]")
+        if len(magnitudes) != room or not bool((m[1:] > m[:-1]).all()) or m[0] != 0 or m[-1] > 1:
+            raise ValueError(f"magnitudes: expected {room} increasing numbers in [0, 1] from 0")
         mags = m.float()
         table = torch.cat([mags, -mags]) if signed else mags.clone()
-        lut, shift = _bucket_lut(mags, signed, bits)
-        mid = torch.cat([((m[1:] + m[:-1]) / 2).float(), torch.tensor([float("inf")])])
-        error = max(float((m[1:] - m[:-1]).max()) / 2, float(m[0]))
-        midpoints = torch.cat([mid, mid]) if signed else mid
-        return cls(mags, table, bits, signed, BLOCK_SIZES[bits], error, lut, midpoints, shift)
+        lut = _code_lut(mags, bits, signed, zero_exact)
+        pairs, pack = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.uint8)
+        if bits == 4:
+            byte = torch.arange(256)
+            halves = table[torch.stack([byte >> 4, byte & 15], dim=1)].contiguous()
+            pairs = halves.view(torch.int64).reshape(256)
+            word = torch.arange(4096)
+            pack = (((word & 15) << 4) | ((word >> 8) & 15)).to(torch.uint8)
+        error = _max_error(mags, lut, zero_exact)
+        return cls(mags, table, bits, signed, BLOCK_SIZES[bits], zero_exact, error, lut,
+                   pairs, pack)
 
     @classmethod
     def dynamic(cls, signed: bool, bits: int) -> QuantMap:
@@ -181,14 +196,22 @@ class QuantMap:
         return cls.from_magnitudes(_dynamic_magnitudes(bits - 1 if signed else bits), bits, signed)
 
     @classmethod
-    def linear_positive(cls, bits: int) -> QuantMap:
-        """``(1 .. 2^bits) / 2^bits``: the zero-free map for 4-bit second moments.
+    def zero_and_linear(cls, bits: int) -> QuantMap:
+        """0 and ``(2j-1)/(2^(bits+1)-3)``, ``j = 1 .. 2^bits-1``: 4-bit second moments.
 
-        >>> QuantMap.linear_positive(4).table[:2].tolist()
-        [0.0625, 0.125]
+        Only an exact zero gets code 0, so a positive second moment never
+        decodes to zero; the top level is 1 (the absmax is kept exactly) and the
+        levels are spaced so the worst error, ``1/(2^(bits+1)-3)``, is the same
+        next to zero and between levels (plus the float16 rounding's 2⁻¹²).
+
+        >>> qmap = QuantMap.zero_and_linear(4)
+        >>> [round(v, 4) for v in qmap.table[:3].tolist()], round(qmap.max_error, 4)
+        ([0.0, 0.0345, 0.1034], 0.0347)
         """
-        count = 2**bits
-        return cls.from_magnitudes([j / count for j in range(1, count + 1)], bits, signed=False)
+        count = 2**bits - 1
+        return cls.from_magnitudes([0.0] + [(2 * j - 1) / (2 * count - 1)
+                                            for j in range(1, count + 1)],
+                                   bits, signed=False, zero_exact=True)
 
     def packed_numel(self, numel: int) -> int:
         """Bytes of codes for ``numel`` elements (two per byte for 4-bit).
@@ -208,84 +231,132 @@ class Scratch:
     """Reusable work buffers for :func:`encode_blocks` / :func:`decode_blocks` (one chunk).
 
     Attributes:
-        keys: int32, one per element.
-        cands: int32, one per element.
-        signs: uint8, one per two elements (packing 4-bit codes).
+        index: int32, one per element (decoding's gather indices; ``|x|`` when encoding).
+        half: int16, one per element (float16 patterns, then codes).
+        flags: uint8, one per element (which values are positive, for ``zero_exact``).
+        divisor: float32, one per 128 elements (``absmax · SCALE``).
     """
 
-    keys: Tensor
-    cands: Tensor
-    signs: Tensor
+    index: Tensor
+    half: Tensor
+    flags: Tensor
+    divisor: Tensor
 
     @classmethod
     def allocate(cls, numel: int, device: torch.device | str = "cpu") -> Scratch:
         """Buffers for chunks of up to ``numel`` elements."""
         return cls(torch.empty(numel, dtype=torch.int32, device=device),
-                   torch.empty(numel, dtype=torch.int32, device=device),
-                   torch.empty(numel // 2 + 1, dtype=torch.uint8, device=device))
+                   torch.empty(numel, dtype=torch.int16, device=device),
+                   torch.empty(numel, dtype=torch.uint8, device=device),
+                   torch.empty(-(-numel // min(BLOCK_SIZES.values())), device=device))
 
-    @property
-    def bytes_per_element(self) -> int:
-        """Bytes these buffers hold per chunk element."""
+    @staticmethod
+    def bytes_per_element() -> int:
+        """Bytes these buffers hold per chunk element (rounded up)."""
         return 8
 
 
-def absmax_of(x: Tensor, block: int, out: Tensor | None = None,
-              scratch: Scratch | None = None) -> Tensor:
-    """Each block's absolute maximum of a float32 tensor of whole blocks.
+class BlockCodec:
+    """Decodes codes into, and encodes codes from, one float32 buffer of whole blocks.
+
+    Every view the work needs is made once here, so a chunk costs only the
+    arithmetic (a handful of torch calls), whatever its position: build one
+    codec per buffer and chunk length, then call :meth:`decode` and
+    :meth:`encode` chunk after chunk.
 
     Args:
-        x: float32, a multiple of ``block`` elements.
-        block: elements per block.
-        out: float32 destination of ``x.numel() // block`` elements (allocated if None).
-        scratch: holds ``|x|`` on the way (allocated if None).
+        qmap: the map.
+        values: float32 buffer, a whole number of blocks.
+        numel: valid elements (the rest is padding, zero after decoding).
+        scratch: work buffers of at least ``values.numel()`` elements.
 
-    Returns:
-        The absmax per block.
+    Example:
+        >>> qmap = QuantMap.dynamic(signed=True, bits=8)
+        >>> codec = BlockCodec(qmap, torch.zeros(256), 3, Scratch.allocate(256))
+        >>> codes, absmax = torch.empty(3, dtype=torch.uint8), torch.empty(1, 1)
+        >>> codec.values[:3] = torch.tensor([1.0, -0.5, 0.0]); codec.encode(codes, absmax)
+        >>> codec.decode(codes, absmax).tolist()
+        [1.0, -0.4937500059604645, 0.0]
     """
-    magnitude = (scratch.keys[: x.numel()].view(torch.float32) if scratch is not None
-                 else torch.empty_like(x))
-    torch.abs(x, out=magnitude)
-    if out is None:
-        return torch.amax(magnitude.view(-1, block), dim=1)
-    return torch.amax(magnitude.view(-1, block), dim=1, out=out)
+
+    def __init__(self, qmap: QuantMap, values: Tensor, numel: int, scratch: Scratch) -> None:
+        total = values.numel()
+        self.qmap, self.values, self.valid = qmap, values, values[:numel]
+        self.rows = values.view(-1, qmap.block)
+        self.padding = values[numel:] if numel < total else None
+        self.magnitude = scratch.index[:total].view(torch.float32)
+        self.divisor = scratch.divisor[: total // qmap.block].view(-1, 1)
+        self.scale = torch.tensor(SCALE, device=values.device)
+        self.zero = torch.tensor(0.0, device=values.device)
+        self.half = scratch.half[:total]
+        self.flags = scratch.flags[:total]
+        self.index = values.view(torch.int32)  # encoding: values are dead once in float16
+        packed = qmap.packed_numel(numel)
+        self.decode_index = scratch.index[:packed]
+        if qmap.bits == 8:
+            self.decoded, self.source = values[:numel], qmap.table
+        else:
+            self.decoded, self.source = values[: 2 * packed].view(torch.int64), qmap.pairs
+        self.decoded_padding = values[2 * packed:] if qmap.bits == 4 and 2 * packed < total \
+            else self.padding
+        self.codes = self.half.view(torch.uint8)[:total]
+        self.words, self.pairs = self.index[:packed], self.codes.view(torch.int16)[:packed]
+        self.lookup = self.index[:numel] if qmap.bits == 8 else self.index
+
+    def decode(self, codes: Tensor, absmax: Tensor) -> Tensor:
+        """Decode ``codes`` with per-block ``absmax`` (shape ``(blocks, 1)``) into the buffer.
+
+        Returns:
+            The valid elements (a view of the buffer; the padding is zero).
+        """
+        self.decode_index.copy_(codes)
+        torch.index_select(self.source, 0, self.decode_index, out=self.decoded)
+        if self.decoded_padding is not None:
+            self.decoded_padding.zero_()
+        self.rows.mul_(absmax)
+        return self.valid
+
+    def encode(self, codes_out: Tensor, absmax_out: Tensor) -> None:
+        """Encode the buffer's valid elements into ``codes_out`` and ``absmax_out``
+        (shape ``(blocks, 1)``); the buffer is overwritten."""
+        if self.padding is not None:
+            self.padding.zero_()
+        torch.abs(self.values, out=self.magnitude)
+        torch.amax(self.magnitude.view(-1, self.qmap.block), dim=1, keepdim=True, out=absmax_out)
+        torch.mul(absmax_out, self.scale, out=self.divisor)
+        self.rows.div_(self.divisor)  # all-zero block: 0/0, NaN, code 0
+        if self.qmap.zero_exact:
+            torch.gt(self.values, self.zero, out=self.flags.view(torch.bool))
+        self.half.view(torch.float16).copy_(self.values)
+        self.index.copy_(self.half.view(torch.uint16))
+        if self.qmap.bits == 8:
+            torch.index_select(self.qmap.lut, 0, self.lookup, out=codes_out)
+            return
+        torch.index_select(self.qmap.lut, 0, self.lookup, out=self.codes)
+        if self.qmap.zero_exact:
+            torch.maximum(self.codes, self.flags, out=self.codes)
+        self.words.copy_(self.pairs)
+        torch.index_select(self.qmap.pack, 0, self.words, out=codes_out)
 
 
 def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
                   scratch: Scratch | None = None) -> None:
-    """Write the codes of ``x`` (float32, ``absmax.numel() * block`` elements) into ``codes_out``.
+    """Write the codes of ``x`` (float32, ``absmax.numel() * block`` elements) into ``codes_out``
+    and its per-block absmax into ``absmax``.
 
-    ``x`` is overwritten (divided by its block's absmax, made absolute), so pass
-    a buffer you no longer need.
+    ``x`` is overwritten, so pass a buffer you no longer need.
 
     Args:
-        x: float32 values padded to whole blocks.
-        absmax: float32 per-block absmax, from :func:`absmax_of`.
+        x: float32 values padded to whole blocks (the padding is set to zero).
+        absmax: float32 destination, one per block.
         qmap: the map.
         codes_out: uint8 codes to write: ``qmap.packed_numel(n)`` for the ``n``
             valid elements.
         scratch: buffers of at least ``x.numel()`` elements (allocated if None).
     """
     scratch = scratch or Scratch.allocate(x.numel(), x.device)
-    n = codes_out.numel() if qmap.bits == 8 else 2 * codes_out.numel()
-    # an all-zero block gives 0/0 = NaN, whose keys the table maps to code 0 (value 0)
-    x.view(-1, qmap.block).div_(absmax.unsqueeze(1))
-    y, keys, codes = x[:n], scratch.keys[:n], scratch.cands[:n]
-    torch.bitwise_right_shift(y.view(torch.int32), qmap.shift, out=keys)
-    keys.bitwise_and_(qmap.lut.numel() - 1)
-    torch.index_select(qmap.lut, 0, keys, out=codes)
-    y.abs_()
-    above = keys.view(torch.float32)
-    torch.index_select(qmap.midpoints, 0, codes, out=above)
-    torch.gt(y, above, out=keys)
-    codes.add_(keys)
-    if qmap.bits == 8:
-        codes_out.copy_(codes)
-        return
-    pairs, packed = codes.view(-1, 2), scratch.signs[: n // 2]
-    torch.bitwise_left_shift(pairs[:, 0], 4, out=packed)
-    packed.bitwise_or_(pairs[:, 1])
-    codes_out.copy_(packed)
+    numel = codes_out.numel() if qmap.bits == 8 else min(2 * codes_out.numel(), x.numel())
+    BlockCodec(qmap, x, numel, scratch).encode(codes_out, absmax.view(-1, 1))
 
 
 def decode_blocks(codes: Tensor, absmax: Tensor, qmap: QuantMap, out: Tensor,
@@ -305,19 +376,8 @@ def decode_blocks(codes: Tensor, absmax: Tensor, qmap: QuantMap, out: Tensor,
         ``out``.
     """
     scratch = scratch or Scratch.allocate(out.numel(), out.device)
-    idx = scratch.keys[: out.numel()]
-    if qmap.bits == 8:
-        n = codes.numel()
-        idx[:n].copy_(codes)
-    else:
-        n = 2 * codes.numel()
-        pairs = idx[:n].view(-1, 2)
-        torch.bitwise_right_shift(codes, 4, out=pairs[:, 0])
-        torch.bitwise_and(codes, 15, out=pairs[:, 1])
-    torch.index_select(qmap.table, 0, idx[:n], out=out[:n])
-    if n < out.numel():
-        out[n:].zero_()
-    out.view(-1, qmap.block).mul_(absmax.unsqueeze(1))
+    numel = codes.numel() if qmap.bits == 8 else min(2 * codes.numel(), out.numel())
+    BlockCodec(qmap, out, numel, scratch).decode(codes, absmax.view(-1, 1))
     return out
 
 
@@ -344,7 +404,7 @@ def quantize_blockwise(x: Tensor, qmap: QuantMap) -> tuple[Tensor, Tensor]:
         (torch.uint8, torch.Size([150]), [127.0, 255.0, 299.0])
     """
     padded = _pad_to_blocks(x, qmap.block)
-    absmax = absmax_of(padded, qmap.block)
+    absmax = torch.empty(qmap.blocks(x.numel()), device=x.device)
     codes = torch.empty(qmap.packed_numel(x.numel()), dtype=torch.uint8, device=x.device)
     encode_blocks(padded, absmax, qmap, codes)
     return codes, absmax

@@ -294,11 +294,12 @@ def for_name(name: str, **hyper: Any) -> ReferenceRule:
     kwargs = {**OPTIMIZERS[name].defaults, **hyper}
     for flag in ("fused", "foreach", "maximize"):
         kwargs.pop(flag, None)
-    state = kwargs.pop("state", "fp32")
+    state, min_size = kwargs.pop("state", "fp32"), kwargs.pop("min_size", 4096)
     if state != "fp32":  # moments kept in bf16 / 8 / 4 bits: steplab.optim.reference_lean
         from steplab.optim.reference_lean import LeanReference
 
-        return LeanReference(for_name(name, **{**hyper, "state": "fp32"}), str(state))
+        inner = {k: v for k, v in hyper.items() if k not in ("state", "min_size")}
+        return LeanReference(for_name(name, **inner), str(state), int(min_size))
     b1, b2 = kwargs.pop("beta1", None), kwargs.pop("beta2", None)
     if "betas" in kwargs:
         betas = tuple(kwargs["betas"])

@@ -35,10 +35,10 @@ def magnitudes(name: str, bits: int) -> tuple[NDArray[np.float32], bool]:
     Dynamic tree map (Dettmers 2016/2021): after the sign bit, the number of
     leading zero bits e picks the decade 10^-e, a 1 bit follows, and the
     remaining n-1-e bits split [0.1, 1]·10^-e linearly; all-zero bits are 0.
-    Second moments in 4 bits use (1..16)/16.
+    Second moments in 4 bits use 0 and (2j-1)/29, j = 1..15.
     """
     if name in _SECOND and bits == 4:
-        return (np.arange(1, 17) / 16).astype(np.float32), False
+        return np.array([0.0] + [(2 * j - 1) / 29 for j in range(1, 16)], dtype=np.float32), False
     signed = name not in _SECOND
     n = bits - 1 if signed else bits
     values = [0.0]
@@ -52,8 +52,11 @@ def magnitudes(name: str, bits: int) -> tuple[NDArray[np.float32], bool]:
 def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """One code per element (unpacked) and one float32 absmax per block.
 
-    The nearest magnitude of |x / absmax| (float32 division, ties to the
-    smaller), with the sign in the top bit for signed maps.
+    ``y = x / (absmax · 2^-14)`` in float32, rounded to float16; the code is
+    the nearest magnitude to ``|y| · 2^-14`` (brute force, ties to the
+    smaller), the sign of ``y`` in the top bit for signed maps, code 0 for NaN
+    (an all-zero block). For 4-bit second moments only an exact zero gets
+    code 0: a positive value takes at least code 1.
     """
     mags, signed = magnitudes(name, bits)
     block = _BLOCK[bits]
@@ -61,11 +64,17 @@ def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray
     padded = np.concatenate([flat, np.zeros(-flat.size % block, dtype=np.float32)])
     blocks = padded.reshape(-1, block)
     absmax = np.abs(blocks).max(axis=1).astype(np.float32)
-    y = (blocks / np.where(absmax > 0, absmax, np.float32(1))[:, None]).astype(np.float32)
-    distance = np.abs(np.abs(y).astype(np.float64)[..., None] - mags.astype(np.float64))
-    codes = distance.argmin(axis=-1)
+    divisor = (absmax * np.float32(2.0**-14)).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = (blocks / divisor[:, None]).astype(np.float32)
+    half = y.astype(np.float16)
+    u = np.nan_to_num(np.abs(half.astype(np.float64)).ravel() * 2.0**-14, nan=0.0)
+    codes = np.concatenate([np.abs(u[i: i + 4096, None] - mags.astype(np.float64)).argmin(axis=1)
+                            for i in range(0, u.size, 4096)]).reshape(y.shape)
+    if name in _SECOND and bits == 4:
+        codes = np.where(y > 0, np.maximum(codes, 1), codes)
     if signed:
-        codes = codes | (np.signbit(y).astype(np.int64) << (bits - 1))
+        codes = codes | (np.signbit(half) & ~np.isnan(half)).astype(np.int64) << (bits - 1)
     return codes.ravel()[: flat.size].astype(np.uint8), absmax
 
 
@@ -97,17 +106,19 @@ class LeanReference(ReferenceRule):
 
     Before each step the stored moments are decoded into the inner rule's
     state; after it they are re-encoded (bf16 rounding, or block-wise codes
-    for tensors of at least 4,096 elements). ``self.state`` holds the stored
-    form under the lean optimizer's keys (``exp_avg_codes``, unpacked, and
-    ``exp_avg_absmax``; or ``exp_avg`` as float32 values of bf16 numbers).
+    for tensors of at least ``min_size`` elements, 4,096 by default).
+    ``self.state`` holds the stored form under the lean optimizer's keys
+    (``exp_avg_codes``, unpacked, and ``exp_avg_absmax``; or ``exp_avg`` as
+    float32 values of bf16 numbers).
     """
 
-    def __init__(self, inner: ReferenceRule, state: str) -> None:
+    def __init__(self, inner: ReferenceRule, state: str, min_size: int = _SMALL) -> None:
         super().__init__()
-        self.inner, self.kind = inner, state
+        self.inner, self.kind, self.min_size = inner, state, min_size
 
     def _form(self, size: int) -> str:
-        return "fp32" if self.kind in ("int8", "int4") and size < _SMALL else self.kind
+        small = size < max(self.min_size, 2)
+        return "fp32" if self.kind in ("int8", "int4") and small else self.kind
 
     def _encode(self, name: str, value: Array) -> None:
         form = self._form(value.size)

@@ -25,6 +25,7 @@ import torch
 from steplab.errors import SpecError
 from steplab.optim.lean import lean_bytes_per_param
 from steplab.optim.lookahead import Lookahead
+from steplab.optim.quantize import MIN_QUANTIZED_NUMEL
 
 __all__ = ["IMPLEMENTATION_FLAGS", "OPTIMIZERS", "OptimizerInfo", "optimizer_info"]
 
@@ -107,9 +108,12 @@ _ADAM_DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
 }
 _ADAM_BUFFERS = ("step", "exp_avg", "exp_avg_sq")
+#: ``state=`` (moments' storage) and ``min_size=`` (smallest tensor quantised)
+_LEAN_DEFAULTS: dict[str, Any] = {"state": "fp32", "min_size": MIN_QUANTIZED_NUMEL}
 #: ``state=`` values: moments in float32 (torch's own class), bfloat16, 8 or 4 bits
 _LEAN_DOC = (" state=bf16|int8|int4 keeps the moments in bfloat16 or block-wise 8/4-bit codes"
-             " (steplab.optim.lean).")
+             " (steplab.optim.lean); with int8/int4, tensors under min_size elements (default"
+             " 4096) keep float32.")
 
 
 def _state_bytes(buffers: tuple[str, ...]) -> dict[str, float]:
@@ -122,7 +126,7 @@ def _sgd(
 ) -> OptimizerInfo:
     defaults: dict[str, Any] = {"lr": lr, "weight_decay": 0.0}
     if momentum:
-        defaults.update(momentum=momentum, dampening=0.0, nesterov=nesterov, state="fp32")
+        defaults.update(momentum=momentum, dampening=0.0, nesterov=nesterov, **_LEAN_DEFAULTS)
     return OptimizerInfo(
         name=name,
         torch_class="torch.optim.SGD",
@@ -219,7 +223,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         name="adam",
         torch_class="torch.optim.Adam",
         rule="m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;  θ ← θ − η m̂ / (√v̂ + ε)",
-        defaults={**_ADAM_DEFAULTS, "state": "fp32"},
+        defaults={**_ADAM_DEFAULTS, **_LEAN_DEFAULTS},
         buffers=_ADAM_BUFFERS,
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq",),
@@ -234,7 +238,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         name="adamw",
         torch_class="torch.optim.AdamW",
         rule="θ ← θ − ηλθ;  then the Adam step θ ← θ − η m̂ / (√v̂ + ε)",
-        defaults={**_ADAM_DEFAULTS, "weight_decay": 0.01, "state": "fp32"},
+        defaults={**_ADAM_DEFAULTS, "weight_decay": 0.01, **_LEAN_DEFAULTS},
         buffers=_ADAM_BUFFERS,
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq",),
@@ -248,7 +252,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         name="amsgrad",
         torch_class="torch.optim.Adam",
         rule="as adam, with v̂ from v_max ← max(v_max, v) (Reddi, Kale, Kumar 2018)",
-        defaults={**_ADAM_DEFAULTS, "amsgrad": True, "state": "fp32"},
+        defaults={**_ADAM_DEFAULTS, "amsgrad": True, **_LEAN_DEFAULTS},
         buffers=(*_ADAM_BUFFERS, "max_exp_avg_sq"),
         first_moment=("exp_avg",),
         second_moment=("exp_avg_sq", "max_exp_avg_sq"),
