@@ -198,7 +198,8 @@ def test_sigkill_of_a_rank_mid_save_ends_the_run_with_one_line_and_the_last_chec
     assert code != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("steplab train: error: rank 1 of 2 was killed by SIGKILL;"), last
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "unexpected" not in err  # rank 0's line, if any, is clear
+    assert "OMP_NUM_THREADS" not in err  # no launcher warning noise
     latest = ShardedCheckpointer(run / "checkpoints").latest()
     assert latest is not None and latest.name == "step-00000005"
     import dist_fit_checks  # noqa: F401  # registers tiny-dropout here

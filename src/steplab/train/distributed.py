@@ -25,8 +25,10 @@ global random streams to order data, so dropout streams stay reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from steplab.errors import SpecError
+from steplab.errors import SpecError, SteplabError
 from steplab.optim import create_optimizer, named_param_groups
 from steplab.optim.spec import OptimizerSpec
 from steplab.state.names import canonical_module
@@ -43,13 +45,16 @@ from steplab.train.batches import Plan
 from steplab.train.launch import follow_launcher
 
 __all__ = [
-    "PARALLEL_MODES", "World", "agree", "announce", "build_optimizer", "join", "scale", "shard",
-    "wrap_model",
+    "PARALLEL_MODES", "World", "agree", "announce", "build_optimizer", "join", "lost_rank_errors",
+    "scale", "shard", "wrap_model",
 ]
 
 #: how the model and optimizer are spread over the processes
 PARALLEL_MODES: tuple[str, ...] = ("ddp", "zero", "fsdp")
 _TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the run after this
+# how gloo and NCCL say that the other end of a collective went away
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "remote process exited", "communicator was aborted")
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,28 @@ def all_true(flag: bool, world: World | None) -> bool:
     t = torch.tensor([0.0 if flag else 1.0])
     dist.all_reduce(t)
     return bool(t.item() == 0.0)
+
+
+@contextlib.contextmanager
+def lost_rank_errors(world: World | None) -> Iterator[None]:
+    """Turn a collective's failure because another rank died into one clear error line.
+
+    Without this, the surviving ranks end with the backend's raw message (and
+    an "unexpected error, report it" line) while the launcher names the rank
+    that died.
+
+    Raises:
+        SteplabError: a collective failed because a peer's connection closed.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if world is None or not any(gone in text for gone in _PEER_GONE):
+            raise
+        raise SteplabError(
+            f"rank {world.rank} of {world.size}: another rank stopped answering mid-run"
+            " (its connection closed); the launcher's line names it") from None
 
 
 def leave(world: World | None) -> None:

@@ -116,11 +116,14 @@ def _how(exitcode: int) -> str:
 def _launch_environment() -> Iterator[None]:
     """The launched processes' extra environment, set only while they run.
 
-    Gloo and NCCL on the loopback interface (unless the user chose one), and
-    this process's pid for :func:`follow_launcher`.
+    Gloo and NCCL on the loopback interface and one OpenMP thread per process
+    (unless the user chose otherwise), and this process's pid for
+    :func:`follow_launcher`.
     """
     loopback = _loopback_interface()
-    extra = {"GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", loopback),
+    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),  # torch's default,
+             # set here so its launcher does not print 4 lines of warning about setting it
+             "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", loopback),
              "NCCL_SOCKET_IFNAME": os.environ.get("NCCL_SOCKET_IFNAME", loopback),
              _LAUNCHER: str(os.getpid())}
     before = {name: os.environ.get(name) for name in extra}

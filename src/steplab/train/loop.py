@@ -33,7 +33,7 @@ from steplab.state.ranks import barrier
 from steplab.train.batches import BatchStream
 from steplab.train.checkpoints import load_latest, make_checkpointer, save_checkpoint
 from steplab.train.config import TrainConfig
-from steplab.train.distributed import agree, all_true, announce, leave, shard
+from steplab.train.distributed import agree, all_true, announce, leave, lost_rank_errors, shard
 from steplab.train.evaluate import EvalBook, evaluate
 from steplab.train.guards import DivergenceWatch, EarlyStopper, FiniteCheck
 from steplab.train.monitor import UpdateProbe, layer_grad_norms
@@ -393,7 +393,7 @@ def fit(
         announce(s.world, s.plan, s.optimizer, progress and loop.writes)
         show = progress and loop.writes
         bar = ProgressBar(s.plan.total_steps, loop.step, cfg.run_id) if show else NoProgress()
-        with bar:
+        with bar, lost_rank_errors(s.world):
             try:
                 status = loop.run(bar)
             except Exception as exc:
