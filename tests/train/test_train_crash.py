@@ -6,7 +6,8 @@ under FSDP2 with sharded checkpoints. ``crashsite/sitecustomize.py`` (on the
 runs' ``PYTHONPATH``) registers the task and holds a run at a chosen point,
 so the SIGKILL lands where the test says; the kill itself is a real
 ``kill -9``. The runs share one module fixture: the uninterrupted run is the
-reference for the resumed one.
+reference for the resumed one. The runs of the fixture go side by side,
+so their waits (start-up, rendezvous, exit) overlap.
 """
 
 from __future__ import annotations
@@ -93,17 +94,22 @@ def _outcome(run: Path, summary: dict[str, Any]) -> dict[str, Any]:
             "rows": [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]}
 
 
-def _uninterrupted(root: Path, **env: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    code, out, err = _finish(_start(root / "hooks", root / "run", **env))
+def _uninterrupted(root: Path, proc: subprocess.Popen[str]) -> tuple[dict[str, Any],
+                                                                     dict[str, Any]]:
+    code, out, err = _finish(proc)
     assert code == 0, err[-2000:]
     summary = _summary(out)
     return {**summary, "_stdout": out}, _outcome(root / "run", summary)
 
 
-def _killed_and_resumed(root: Path, **env: str) -> dict[str, Any]:
+def _stalling(root: Path, **env: str) -> subprocess.Popen[str]:
+    """Start a run that stops before step :data:`_STALL` and waits there to be killed."""
+    return _start(root / "hooks", root / "run", STEPLAB_CRASH_STALL_AT=str(_STALL), **env)
+
+
+def _killed_and_resumed(root: Path, proc: subprocess.Popen[str], **env: str) -> dict[str, Any]:
     """kill -9 the launcher's process group mid-run, then ``--resume``; the resumed outcome."""
     hooks, run = root / "hooks", root / "run"
-    proc = _start(hooks, run, STEPLAB_CRASH_STALL_AT=str(_STALL), **env)
     _wait_for(hooks / "stalled-rank0", hooks / "stalled-rank1", proc=proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -121,10 +127,22 @@ def _killed_and_resumed(root: Path, **env: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def crash(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Four runs side by side (their waits overlap): uninterrupted; launcher killed, then
+    resumed; the same with the negative control's switch; rank 1 killed mid-save. Each
+    stalled one sleeps until its turn."""
     root = tmp_path_factory.mktemp("crash")
-    summary, whole = _uninterrupted(root / "whole")
+    whole_run = _start(root / "whole" / "hooks", root / "whole" / "run")
+    killed = _stalling(root / "killed")
+    control = _stalling(root / "control", STEPLAB_CRASH_GLOBAL_ORDER="1")
+    mid_save = _start(root / "mid-save" / "hooks", root / "mid-save" / "run",
+                      STEPLAB_CRASH_STALL_SAVE="2:1")
+    resumed = _killed_and_resumed(root / "killed", killed)
+    control_resumed = _killed_and_resumed(root / "control", control,
+                                          STEPLAB_CRASH_GLOBAL_ORDER="1")
+    rank_killed = _kill_rank_mid_save(root / "mid-save", mid_save)
+    summary, whole = _uninterrupted(root / "whole", whole_run)
     return {"root": root, "summary": summary, "whole": whole, "stdout": summary.pop("_stdout"),
-            "resumed": _killed_and_resumed(root / "killed")}
+            "resumed": resumed, "control": control_resumed, "rank_killed": rank_killed}
 
 
 def test_resume_after_sigkill_of_the_launcher_is_bit_exact_at_world_size_2(
@@ -139,7 +157,7 @@ def test_resume_after_sigkill_of_the_launcher_is_bit_exact_at_world_size_2(
 
 
 def test_negative_control_data_order_from_the_global_stream_breaks_the_resume(
-        tmp_path: Path) -> None:
+        crash: dict[str, Any]) -> None:
     """Without the loader's own generator the same kill and resume do not match: the test bites.
 
     The switch (``STEPLAB_CRASH_GLOBAL_ORDER``) makes each epoch's order a
@@ -148,7 +166,8 @@ def test_negative_control_data_order_from_the_global_stream_breaks_the_resume(
     step-12 evaluation differs from the killed run's. With the generator
     (the test above) the same comparison holds exactly.
     """
-    resumed = _killed_and_resumed(tmp_path, STEPLAB_CRASH_GLOBAL_ORDER="1")
+    resumed = crash["control"]
+    assert resumed["ranks_died_with_launcher"] and not resumed["summary_before"]
     before, after = resumed["rows_before"], resumed["outcome"]["rows"]
     assert [r["step"] for r in before] == [2, 4, 6, 8, 10, 12]
     assert after[:5] == before[:5]  # kept from the killed run, up to its checkpoint
@@ -179,8 +198,19 @@ def test_nproc_rendezvous_and_every_listening_socket_are_on_127_0_0_1(
         assert facts["gloo_ifname"] in ("lo", "lo0")
 
 
+def _kill_rank_mid_save(root: Path, proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """Rank 1 stalled halfway through its file of the step-10 save: kill -9 it; what is left."""
+    hooks, run = root / "hooks", root / "run"
+    _wait_for(hooks / "stalled-save", proc=proc)
+    tmp = [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-step-00000010")]
+    partial = len(tmp) == 1 and (tmp[0] / "rank-00001.safetensors").exists()
+    os.kill(int((hooks / "pid-rank1").read_text()), signal.SIGKILL)
+    code, _, err = _finish(proc)
+    return {"partial": partial, "code": code, "err": err, "run": run}
+
+
 def test_sigkill_of_a_rank_mid_save_ends_the_run_with_one_line_and_the_last_checkpoint_loads(
-        tmp_path: Path) -> None:
+        crash: dict[str, Any]) -> None:
     """Items 2 and 7: rank 1 dies (kill -9) halfway through its file of the step-10 save."""
     from steplab.optim import parse_spec
     from steplab.state.sharded_checkpointer import ShardedCheckpointer
@@ -188,19 +218,15 @@ def test_sigkill_of_a_rank_mid_save_ends_the_run_with_one_line_and_the_last_chec
     from steplab.tasks import get_task
     from steplab.train.distributed import build_optimizer
 
-    hooks, run = tmp_path / "hooks", tmp_path / "run"
-    proc = _start(hooks, run, STEPLAB_CRASH_STALL_SAVE="2:1")
-    _wait_for(hooks / "stalled-save", proc=proc)
-    tmp = [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-step-00000010")]
-    assert len(tmp) == 1 and (tmp[0] / "rank-00001.safetensors").exists()  # a partial file
-    os.kill(int((hooks / "pid-rank1").read_text()), signal.SIGKILL)
-    code, _, err = _finish(proc)
-    assert code != 0
+    facts = crash["rank_killed"]
+    assert facts["partial"]  # the kill landed mid-save: rank 1's file half written
+    assert facts["code"] != 0
+    err = facts["err"]
     last = err.strip().splitlines()[-1]
     assert last.startswith("steplab train: error: rank 1 of 2 was killed by SIGKILL;"), last
     assert "Traceback" not in err and "unexpected" not in err  # rank 0's line, if any, is clear
     assert "OMP_NUM_THREADS" not in err  # no launcher warning noise
-    latest = ShardedCheckpointer(run / "checkpoints").latest()
+    latest = ShardedCheckpointer(facts["run"] / "checkpoints").latest()
     assert latest is not None and latest.name == "step-00000005"
     import dist_fit_checks  # noqa: F401  # registers tiny-dropout here
 
