@@ -1,13 +1,13 @@
 """Run a ``steplab compare`` preset for real and put its result in ``docs/presets.md``.
 
 Runs the preset (optionally shrunk with ``--tasks``, ``--steps``, ``--seeds``,
-``--budget`` to fit the machine; the block says which) through
+``--budget``, ``--tuning-repeats`` to fit the machine; the block says which) through
 :func:`steplab.study.compare.run_study` and writes the study's Markdown report
 (claims, tables, verdicts) into ``docs/presets.md`` as block ``preset-NAME``,
 with the command, the date and the size it ran at.
 
 Usage: ``python benchmarks/run_preset.py NAME [--tasks a,b] [--steps N] [--seeds N]
-[--budget N] [--workers N] [--out DIR]``
+[--budget N] [--tuning-repeats N] [--workers N] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="final seeds (default: preset's)")
     parser.add_argument("--budget", type=int, default=None,
                         help="search trials (default: preset's)")
+    parser.add_argument("--tuning-repeats", type=int, default=None,
+                        help="independent searches per optimizer (default: preset's)")
     parser.add_argument("--workers", type=int, default=1, help="parallel runs (default 1)")
     parser.add_argument("--out", default=None, help="study directory (default: a temporary one)")
     parser.add_argument("--block", default=None,
@@ -43,7 +45,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tasks = tuple(args.tasks.split(",")) if args.tasks else None
     spec = load_preset(args.name, tasks=tasks, steps=args.steps, seeds=args.seeds,
-                       budget=args.budget)
+                       budget=args.budget, tuning_repeats=args.tuning_repeats)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "study"
         result = run_study(spec, out, workers=args.workers, progress=False)
@@ -55,7 +57,8 @@ def main() -> None:
     header = (
         f"Ran {when} UTC with `{command}` ({result.n_runs} runs, {result.wall_time:.0f} s on "
         f"this shared 2-core machine; tasks {', '.join(spec.tasks)}; "
-        f"{spec.steps or 'each task default'} steps; {spec.seeds} seeds; budget {spec.budget})."
+        f"{spec.steps or 'each task default'} steps; {spec.seeds} seeds; budget {spec.budget}; "
+        f"{spec.tuning_repeats} tuning seeds)."
     )
     print(header)
     print(body)

@@ -51,3 +51,21 @@ def test_lookahead_paper_preset_states_the_published_claim_on_every_local_task()
     assert spec.metrics == ("nll", "ece", "shift_accuracy")
     small = load_preset("lookahead-paper", tasks=("mnist1d-logreg",), seeds=2)
     assert small.tasks == ("mnist1d-logreg",) and len(small.claims) == 2
+
+
+def test_example_file_is_the_warmup_transformer_preset() -> None:
+    spec = load_study_spec(ROOT / "examples" / "warmup-transformer.toml")
+    assert spec == preset("warmup-transformer")
+
+
+def test_warmup_transformer_preset_judges_divergence_and_final_loss_of_adam_with_warmup() -> None:
+    spec = preset("warmup-transformer")
+    assert spec.tasks == ("byte-lm",) and spec.metrics == ("divergence",)
+    plain, warm = spec.optimizers
+    assert spec.arm(warm) == (plain, {"warmup_steps": 60}) and spec.arm(plain) == (plain, {})
+    assert spec.steps is not None and spec.steps > 60  # warmup ends inside every run
+    assert spec.divergence_loss == pytest.approx(3.09)  # byte-unigram entropy of the corpus
+    assert [(c.optimizer, c.baseline, c.quantity, c.at_most) for c in spec.claims] == [
+        (warm, plain, "divergence", 0.0), (warm, plain, "final", 0.0)]
+    assert spec.budget * spec.tuning_repeats >= 20  # paired (lr, seed) points per arm
+    assert load_preset("warmup-transformer", seeds=2).seeds == 2

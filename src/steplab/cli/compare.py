@@ -39,13 +39,15 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("memory", "lookahead-paper"),
+        choices=("memory", "lookahead-paper", "warmup-transformer"),
         default=None,
         help="a named study instead of the default one: 'memory' compares AdamW with "
         "fp32/bf16/int8/int4 state and Lookahead with a bf16 slow copy for parity "
         "(examples/memory.toml); 'lookahead-paper' judges the claim that Lookahead is "
         "30-50%% faster than its inner optimizer on every built-in task without a download, "
-        "the byte-level LM included (examples/lookahead-paper.toml) (if unset: none)",
+        "the byte-level LM included (examples/lookahead-paper.toml); 'warmup-transformer' "
+        "judges whether linear warmup makes Adam diverge less often and end lower on the "
+        "byte-level LM across lrs 3e-3..0.3 (examples/warmup-transformer.toml) (if unset: none)",
     )
     p.add_argument(
         "--tasks", default=None, help="comma-separated task names (if unset: the spec's)"

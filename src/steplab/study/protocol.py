@@ -75,8 +75,10 @@ def check_names(spec: StudySpec) -> None:
     from steplab.optim import parse_spec
     from steplab.tasks import get_task
 
-    canonical = [str(parse_spec(optimizer)) for optimizer in spec.optimizers]
-    if spec.baseline is not None and str(parse_spec(spec.baseline)) not in canonical:
+    for optimizer in spec.optimizers:
+        parse_spec(spec.arm(optimizer)[0])  # an arm's own optimizer; raises with a hint
+    canonical = [spec.canonical(optimizer) for optimizer in spec.optimizers]
+    if spec.baseline is not None and _canonical_or_none(spec, spec.baseline) not in canonical:
         raise SpecError(
             f"baseline: got {spec.baseline!r}, expected one of the study's optimizers "
             f"{list(spec.optimizers)}"
@@ -84,13 +86,21 @@ def check_names(spec: StudySpec) -> None:
     for i, claim in enumerate(spec.claims):
         for role in ("optimizer", "baseline"):
             name = getattr(claim, role)
-            if str(parse_spec(name)) not in canonical:
+            if _canonical_or_none(spec, name) not in canonical:
                 raise SpecError(
                     f"claims[{i}].{role}: got {name!r}, expected one of the study's optimizers "
                     f"{list(spec.optimizers)}"
                 )
     for task in (*spec.tasks, *spec.trajectories):
         get_task(task, spec.data_dir)
+
+
+def _canonical_or_none(spec: StudySpec, name: str) -> str | None:
+    """``spec.canonical(name)``, or None for a name that is neither an arm nor a spec."""
+    try:
+        return spec.canonical(name)
+    except SpecError:
+        return None
 
 
 def _base_config(spec: StudySpec, group: Group) -> dict[str, Any]:
@@ -111,6 +121,7 @@ def _base_config(spec: StudySpec, group: Group) -> dict[str, Any]:
         "warmup_steps": spec.warmup_steps,
         "data_dir": spec.data_dir,
         "monitor": False,
+        **spec.arm(group.optimizer)[1],  # an arm's own run settings replace the study's
     }
 
 
@@ -128,7 +139,8 @@ def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
     from steplab.optim import OPTIMIZERS, parse_spec
     from steplab.train import TrainConfig
 
-    parsed = parse_spec(group.optimizer)
+    optimizer_spec = spec.arm(group.optimizer)[0]  # an arm runs its own optimizer
+    parsed = parse_spec(optimizer_spec)
     inner = parsed.innermost
     if group.kind == "trajectory":
         points: list[dict[str, float]] = [
@@ -143,7 +155,7 @@ def search_configs(spec: StudySpec, group: Group) -> list[dict[str, Any]]:
     for repeat in range(repeats):
         for point in points:
             others = {k: _typed(k, v, inner.kwargs) for k, v in point.items() if k != "lr"}
-            optimizer = str(parsed.with_overrides(**others)) if others else group.optimizer
+            optimizer = str(parsed.with_overrides(**others)) if others else optimizer_spec
             base = _base_config(spec, group)
             cfg = TrainConfig(**base, optimizer=optimizer, lr=point["lr"], seed=repeat)
             configs.append(cfg.to_dict())

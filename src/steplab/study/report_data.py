@@ -23,9 +23,16 @@ from typing import Any
 
 from steplab.study.profiles import PerformanceProfiles, performance_profiles
 from steplab.study.protocol import Group, selection_metric
+from steplab.study.report_divergence import (
+    DIVERGENCE,
+    divergence_cell,
+    divergence_comparisons,
+    divergence_flags,
+)
 from steplab.study.report_metrics import extra_comparisons, metric_value
 from steplab.study.report_verdicts import study_claims, study_verdicts, verdict_sentence
 from steplab.study.spec import StudySpec
+from steplab.study.spec_arms import Arm, canonical_name
 from steplab.study.stats import Interval, loss_auc, mean_ci
 from steplab.study.stats import steps_to_target as first_hit
 from steplab.study.verdicts import ClaimVerdict, Verdict, km_median
@@ -116,6 +123,7 @@ class OptimizerRow:
     verdicts: list[str] = field(default_factory=list)
     search_statuses: list[str] = field(default_factory=list)
     extras: dict[str, list[float]] = field(default_factory=dict)
+    diverged: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form."""
@@ -159,27 +167,28 @@ class StudyAnalysis:
         return TABLE_COLUMNS + self.metrics
 
 
-def _canonical(optimizer: str) -> str:
-    from steplab.optim import parse_spec
+def baselines(
+    optimizers: Sequence[str], baseline: str | None, arms: Sequence[Arm] = ()
+) -> dict[str, str | None]:
+    """Map each optimizer (or arm) to the one it is compared with.
 
-    return str(parse_spec(optimizer))
+    Default: for an arm, its own optimizer (when that is in the study); for a
+    Lookahead, its inner optimizer (when in the study); else ``adam`` (when
+    present), else the first optimizer; a baseline maps to None.
 
-
-def baselines(optimizers: Sequence[str], baseline: str | None) -> dict[str, str | None]:
-    """Map each optimizer to the one it is compared with.
-
-    Default: the inner optimizer for a Lookahead (when it is in the study), else
-    ``adam`` (when present), else the first optimizer; a baseline maps to None.
+    >>> baselines(["adam", "w"], None, [Arm("w", "adam")])
+    {'adam': None, 'w': 'adam'}
     """
     from steplab.optim import parse_spec
 
-    canon = {_canonical(o): o for o in optimizers}
-    fallback = canon.get(_canonical("adam"), optimizers[0])
+    canon = {canonical_name(o, arms): o for o in optimizers}
+    fallback = canon.get(canonical_name("adam"), optimizers[0])
+    own = {a.name: a.optimizer for a in arms}
     out: dict[str, str | None] = {}
     for opt in optimizers:
-        inner = parse_spec(opt).inner
+        inner = str(parse_spec(own[opt])) if opt in own else parse_spec(opt).inner
         if baseline is not None:
-            choice = canon.get(_canonical(baseline))
+            choice = canon.get(canonical_name(baseline, arms))
         elif inner is not None and str(inner) in canon:
             choice = canon[str(inner)]
         else:
@@ -283,7 +292,7 @@ def analyze(
 ) -> StudyAnalysis:
     """Build the summary table, verdicts, claims and profiles of a study from its runs."""
     targets = {t: target_of(t, spec.data_dir, dict(spec.targets).get(t)) for t in spec.tasks}
-    base_of = baselines(spec.optimizers, spec.baseline)
+    base_of = baselines(spec.optimizers, spec.baseline, spec.arms)
     rows: list[OptimizerRow] = []
     notes = [f"{key.split('/', 1)[1]}: {w}" for key, w in sorted(warnings.items())]
     for task in spec.tasks:
@@ -292,10 +301,14 @@ def analyze(
             seeds = [r for r in mine if r.role == "seed"]
             row = _row(task, opt, seeds, targets[task], warnings.get(Group(task, opt).key))
             row.search_statuses = [str(r.summary.get("status")) for r in mine if r.role == "search"]
-            row.extras = {m: [metric_value(r.summary, m) for r in seeds] for m in spec.metrics}
+            row.extras = {m: [metric_value(r.summary, m) for r in seeds]
+                          for m in spec.metrics if m != DIVERGENCE}
+            row.diverged = divergence_flags(mine, spec.divergence_loss)
             rows.append(row)
     modes = {t: v.mode for t, v in targets.items()}
     extra = extra_comparisons(rows, base_of, spec.metrics)
+    if DIVERGENCE in spec.metrics:
+        extra += divergence_comparisons(rows, base_of, dict(spec.margins).get(DIVERGENCE))
     verdicts, bounds = study_verdicts(
         rows, base_of, modes, dict(spec.margins), spec.level, extra
     )
@@ -303,7 +316,7 @@ def analyze(
         row = next(r for r in rows if r.task == v.task and r.optimizer == v.optimizer)
         label = v.quantity if v.quantity in spec.metrics else targets[v.task].metric
         row.verdicts.append(verdict_sentence(v, label.replace("_", " "), bound))
-    claims = study_claims(rows, spec.claims, spec.level)
+    claims = study_claims(rows, spec.claims, spec.level, spec.arms)
     failed = [r for r in records if r.summary.get("status") in ("failed", "missing")]
     notes += _notes(rows)
     notes += [
@@ -392,4 +405,4 @@ def table_cells(row: OptimizerRow) -> dict[str, str]:
     } | {
         name: fmt_interval(mean_ci([v for v in values if math.isfinite(v)]))
         for name, values in row.extras.items()
-    }
+    } | {DIVERGENCE: divergence_cell(row.diverged)}

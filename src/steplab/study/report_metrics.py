@@ -11,7 +11,11 @@ name                read from                    equivalence margin
 ``peak_state_bytes``  ``peak_state_bytes``        5% of the baseline's mean
 ``step_time_ms``    ``step_time_ms``              10% of the baseline's mean
 ``test_*``/``val_*``  that key of ``metrics``     0.01
+``divergence``      the search runs' statuses     0.10 (rate difference)
 ==================  ===========================  ===============================
+
+``divergence`` is the share of search runs that diverged, compared on the
+(lr, seed) points two arms share (:mod:`steplab.study.report_divergence`).
 
 Each becomes a column of the summary table (mean ± CI half-width over the
 final seeds) and, for every optimizer with a baseline, one paired comparison
@@ -64,10 +68,10 @@ def check_metric_names(names: Sequence[str]) -> tuple[str, ...]:
         raise SpecError(f"metrics: got {names!r}, expected a list of metric names")
     out = tuple(names)
     for name in out:
-        if name not in EXTRA_METRICS and not name.startswith(("test_", "val_")):
+        if name not in (*EXTRA_METRICS, "divergence") and not name.startswith(("test_", "val_")):
             raise SpecError(
-                f"metrics: got {name!r}, expected one of {', '.join(EXTRA_METRICS)} "
-                "or a test_/val_ metric of the tasks"
+                f"metrics: got {name!r}, expected one of {', '.join(EXTRA_METRICS)}, "
+                "divergence or a test_/val_ metric of the tasks"
             )
     if len(set(out)) != len(out):
         raise SpecError(f"metrics: got {list(out)}, expected each name once")
@@ -125,6 +129,8 @@ def extra_comparisons(
         if base is None:
             continue
         for name in names:
+            if name == "divergence":  # search runs, not final seeds: report_divergence
+                continue
             a, b = _pairs(row, base, name)
             if not a:
                 continue

@@ -41,7 +41,7 @@ def protocol_items(spec: StudySpec, analysis: StudyAnalysis) -> list[str]:
     repeats = spec.tuning_repeats
     criterion = resolve_selection(spec.selection, spec.claims)
     n_verdicts = len(analysis.verdicts)
-    return [
+    return [*_arm_items(spec), *[
         f"Each optimizer is a separate study: {spec.budget} search trials ({kind}, lr in "
         f"[c/{spec.lr_span:g}, c·{spec.lr_span:g}] around its sensible default c) at tuning "
         f"seed{'s 0..' + str(repeats - 1) if repeats > 1 else ' 0'}"
@@ -74,4 +74,31 @@ def protocol_items(spec: StudySpec, analysis: StudyAnalysis) -> list[str]:
         "Reported on test: final metric, the test metric at the best validation evaluation "
         "(\"best\"), steps and wall time to target, mean training loss (loss AUC), optimizer "
         "state bytes per parameter, median step time.",
+    ], *_divergence_items(spec)]
+
+
+def _arm_items(spec: StudySpec) -> list[str]:
+    """What each arm changes (an arm: an optimizer with its own run settings)."""
+    return [
+        f"Arm {arm.name!r} is {arm.optimizer} with "
+        + ", ".join(f"{k} = {v}" for k, v in arm.settings)
+        + " (the other arms: the study's settings); it searches the same lr grid as its "
+        "optimizer, so the two pair up on (lr, seed)."
+        for arm in spec.arms
+    ]
+
+
+def _divergence_items(spec: StudySpec) -> list[str]:
+    """How the divergence rate is counted and judged, when the study asks for it."""
+    if "divergence" not in spec.metrics and not any(
+            c.quantity == "divergence" for c in spec.claims):
+        return []
+    limit = ("" if spec.divergence_loss is None
+             else f", or ended with a validation loss above {spec.divergence_loss:g}")
+    return [
+        "Divergence rate: the share of the search runs (every lr at every tuning seed) that "
+        f"diverged: stopped as diverged, ended with a non-finite loss{limit}. Between arms, "
+        "McNemar's exact test on the (lr, seed) pairs for no difference, Tango's score "
+        "interval for the rate difference (the margin and claim ranges are tested with "
+        "Tango's score test), with the other verdicts under Holm."
     ]

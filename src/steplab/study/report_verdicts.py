@@ -6,7 +6,9 @@ on the final test metric; pairs where either run failed or diverged are left
 out and the report says how many) and one ``steps_to_target`` comparison
 (censoring-aware; a run that never met the target, diverged ones included,
 is censored at its length). :func:`steplab.study.verdicts.decide` applies
-Holm across all of them; claims are judged on their own pairs.
+Holm across all of them; claims are judged on their own pairs. A
+``divergence`` claim or metric compares the search runs' divergence rates
+(:mod:`steplab.study.report_divergence`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from collections.abc import Sequence
 from typing import Protocol
 
+from steplab.study.report_divergence import divergence_pairs
+from steplab.study.spec_arms import Arm, canonical_name
 from steplab.study.verdicts import (
     Analysis,
     Claim,
@@ -47,6 +51,7 @@ class PairedRow(Protocol):
     finals: list[float]
     hit_steps: list[float]
     limits: list[float]
+    diverged: dict[str, bool]
 
 
 def _aligned(row: PairedRow, other: PairedRow, attr: str) -> tuple[list[float], list[float]]:
@@ -62,8 +67,11 @@ def pair_analysis(row: PairedRow, base: PairedRow, quantity: str) -> Analysis:
     Args:
         row: an ``OptimizerRow`` (the optimizer under test).
         base: the baseline's ``OptimizerRow``.
-        quantity: ``"final"`` or ``"steps_to_target"``.
+        quantity: ``"final"``, ``"steps_to_target"`` or ``"divergence"`` (the
+            search runs' divergence rate, :mod:`steplab.study.report_divergence`).
     """
+    if quantity == "divergence":
+        return divergence_pairs(row.diverged, base.diverged)
     if quantity == "final":
         a, b = _aligned(row, base, "finals")
         return PairedMean(a, b)
@@ -106,13 +114,12 @@ def study_verdicts(
 
 
 def study_claims(
-    rows: Sequence[PairedRow], claims: Sequence[Claim], level: float
+    rows: Sequence[PairedRow], claims: Sequence[Claim], level: float, arms: Sequence[Arm] = ()
 ) -> list[ClaimVerdict]:
     """Judge every claim on every task it applies to (Holm across the claims)."""
-    from steplab.optim import parse_spec
 
     def canon(name: str) -> str:
-        return str(parse_spec(name))
+        return canonical_name(name, arms)
 
     by_key = {(r.task, canon(r.optimizer)): r for r in rows}
     tasks = list(dict.fromkeys(r.task for r in rows))
@@ -161,8 +168,12 @@ def effect_text(
     quantity: str, estimate: float, low: float, high: float, level: float,
     bound: str | None = None,
 ) -> str:
-    """``+0.012 [95% CI -0.003, +0.027]`` or ``12% sooner [95% CI 5% later, 28% sooner]``."""
+    """``+0.012 [95% CI -0.003, +0.027]``, ``12% sooner [95% CI 5% later, 28% sooner]``
+    or, for a divergence rate, ``-30 points [95% CI -55, -4]``."""
     pct = f"{level * 100:g}% CI"
+    if quantity == "divergence":
+        return (f"{estimate * 100:+.0f} points [{pct} {low * 100:+.0f}, {high * 100:+.0f}]"
+                if math.isfinite(low) else f"{estimate * 100:+.0f} points")
     if quantity == "steps_to_target":
         return f"{_bounded(estimate, bound)} [{pct} {_pct(low)} to {_pct(high)}]"
     digits = _digits(high - low)
@@ -179,7 +190,8 @@ def _mde_text(v: Verdict) -> str:
 
 def verdict_sentence(v: Verdict, metric: str, bound: str | None = None) -> str:
     """One line for the terminal and the reports (``bound``: see :func:`study_verdicts`)."""
-    what = "steps to target" if v.quantity == "steps_to_target" else f"final {metric}"
+    what = {"steps_to_target": "steps to target", "divergence": "divergence rate of the "
+            "search runs"}.get(v.quantity, f"final {metric}")
     margin = f"±{v.margin * 100:g}%" if v.quantity == "steps_to_target" else f"±{v.margin:g}"
     effect = effect_text(v.quantity, v.estimate, v.ci_low, v.ci_high, v.level, bound)
     text = f"vs {v.baseline}: {what} {effect}"

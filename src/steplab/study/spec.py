@@ -17,6 +17,11 @@ TOML layout (every key optional; the keys may also sit at the top level)::
     margins = { final = 0.01, steps_to_target = 0.10 }  # equivalence margins
     steps = 500        # steps per run (default: the task's)
     lr_span = 10.0     # search lr in [center / lr_span, center * lr_span]
+    divergence_loss = 3.0  # a run ending with val loss above this counts as diverged
+
+    [study.arms."adam+warmup"]  # an optimizer with its own run settings (spec_arms);
+    optimizer = "adam"          # list "adam+warmup" in optimizers to run it
+    warmup_steps = 100
 
 >>> spec = StudySpec(tasks=("mnist1d-cnn",), optimizers=("adam", "sgd"), seeds=2, budget=3)
 >>> spec.seeds, len(spec.spec_hash)
@@ -41,6 +46,7 @@ from typing import Any
 import tomllib
 
 from steplab.errors import SpecError
+from steplab.study.spec_arms import Arm, arms_to_toml, canonical_name, parse_arms
 from steplab.study.spec_claims import (
     DEFAULT_MARGINS,
     SELECTIONS,
@@ -125,7 +131,15 @@ class StudySpec:
         metrics: metrics beyond the target to tabulate and judge against each
             baseline (``nll``, ``ece``, ``shift_accuracy``, ``peak_state_bytes``,
             ``step_time_ms`` or any ``test_``/``val_`` metric; see
-            :mod:`steplab.study.report_metrics`); empty by default.
+            :mod:`steplab.study.report_metrics`; ``divergence``: the share of
+            search runs that diverged, :mod:`steplab.study.report_divergence`);
+            empty by default.
+        arms: named optimizers with their own run settings (``schedule``,
+            ``warmup_steps``, ``clip_norm``), listed in ``optimizers`` by name
+            (:mod:`steplab.study.spec_arms`); a TOML table ``{name = {...}}``.
+        divergence_loss: a run whose final validation loss (the task's loss,
+            e.g. nats) is above this counts as diverged, as does one that ended
+            ``diverged`` or with a non-finite loss (None: only those two).
 
     Raises:
         SpecError: a field is out of range or an optimizer/task list is empty.
@@ -154,6 +168,8 @@ class StudySpec:
     targets: tuple[tuple[str, float], ...] = ()
     data_dir: str | None = None
     metrics: tuple[str, ...] = ()
+    arms: tuple[Arm, ...] = ()
+    divergence_loss: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("tasks", "optimizers", "trajectories"):
@@ -207,6 +223,39 @@ class StudySpec:
                 )
         if len(set(self.optimizers)) != len(self.optimizers):
             raise SpecError(f"optimizers: got duplicates in {list(self.optimizers)}")
+        self._check_arms()
+
+    def _check_arms(self) -> None:
+        object.__setattr__(self, "arms", parse_arms(self.arms))
+        for arm in self.arms:
+            if arm.name not in self.optimizers:
+                raise SpecError(
+                    f"arms.{arm.name}: not in optimizers {list(self.optimizers)}; expected "
+                    "every arm to be listed there"
+                )
+        limit = self.divergence_loss
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                  or not math.isfinite(limit)):
+            raise SpecError(f"divergence_loss: got {limit!r}, expected a finite number or none")
+        if limit is not None:
+            object.__setattr__(self, "divergence_loss", float(limit))
+
+    def arm(self, name: str) -> tuple[str, dict[str, Any]]:
+        """The optimizer spec and run-setting overrides of an ``optimizers`` entry.
+
+        >>> spec = StudySpec(optimizers=("adam", "w"),
+        ...                  arms={"w": {"optimizer": "adam", "warmup_steps": 5}})
+        >>> spec.arm("w"), spec.arm("adam")
+        (('adam', {'warmup_steps': 5}), ('adam', {}))
+        """
+        for arm in self.arms:
+            if arm.name == name:
+                return arm.optimizer, dict(arm.settings)
+        return name, {}
+
+    def canonical(self, name: str) -> str:
+        """How ``name`` matches an ``optimizers`` entry (an arm's name, else the parsed spec)."""
+        return canonical_name(name, self.arms)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the spec as plain JSON types (lists for tuples, tables for claims)."""
@@ -215,8 +264,10 @@ class StudySpec:
         out["claims"] = [
             {k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.claims
         ]
-        if not self.metrics:  # absent when unset, so older studies keep their hash
-            del out["metrics"]
+        out["arms"] = {a.name: a.to_dict() for a in self.arms}
+        for key in ("metrics", "arms", "divergence_loss"):  # absent when unset: old hashes hold
+            if not out[key] and out[key] != 0:
+                del out[key]
         return out
 
     @classmethod
@@ -235,7 +286,7 @@ class StudySpec:
                     f"{key}: unknown study field{extra}; expected one of {sorted(known)}"
                 )
         kwargs: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) and k not in ("targets", "claims") else v
+            k: tuple(v) if isinstance(v, list) and k not in ("targets", "claims", "arms") else v
             for k, v in data.items()
         }
         return cls(**kwargs)
@@ -255,14 +306,16 @@ class StudySpec:
         """
         lines = ["[study]"]
         for key, value in self.to_dict().items():
-            if value is None or key in ("targets", "margins", "claims"):
+            if value is None or key in ("targets", "margins", "claims", "arms"):
                 continue
             lines.append(f"{key} = {json.dumps(value)}")
         for key, table in (("targets", self.targets), ("margins", self.margins)):
             pairs = ", ".join(f"{json.dumps(t)} = {v!r}" for t, v in table)
             lines.append(f"{key} = {{ {pairs} }}" if pairs else f"{key} = {{}}")
         claims = claims_to_toml(self.claims)
-        return "\n".join(lines) + "\n" + (f"\n{claims}\n" if claims else "")
+        arms = arms_to_toml(self.arms)
+        tail = "".join(f"\n{block}\n" for block in (claims, arms) if block)
+        return "\n".join(lines) + "\n" + tail
 
     def replace(self, **changes: Any) -> StudySpec:
         """Return a copy with ``changes`` applied (validated again)."""

@@ -7,6 +7,7 @@ on fixed inputs and by simulation (``tests/study/test_verdict_*.py``).
 * :mod:`.paired`: the final metric, a paired t-interval on per-seed differences.
 * :mod:`.censored`: time to target with right censoring: Kaplan-Meier median,
   and an exact sign-flip permutation comparison of truncated log-times.
+* :mod:`.rates`: a paired rate (how often runs diverge): exact McNemar, Tango's interval.
 * :mod:`.multiplicity`: Holm's adjustment (capped for mutually exclusive nulls).
 * :mod:`.decide`: the four outcomes per comparison, and claims judged
   supported / refuted / inconclusive.
@@ -32,6 +33,7 @@ from steplab.study.verdicts.decide import (
 )
 from steplab.study.verdicts.multiplicity import holm
 from steplab.study.verdicts.paired import PairedMean, paired_t_mde
+from steplab.study.verdicts.rates import PairedRate
 
 __all__ = [
     "CLAIM_OUTCOMES",
@@ -42,6 +44,7 @@ __all__ = [
     "ClaimVerdict",
     "Comparison",
     "PairedMean",
+    "PairedRate",
     "PairedTimeRatio",
     "Verdict",
     "decide",

@@ -52,7 +52,7 @@ __all__ = [
 
 OUTCOMES = ("better", "worse", "equivalent", "inconclusive")
 CLAIM_OUTCOMES = ("supported", "refuted", "inconclusive")
-QUANTITIES = ("final", "steps_to_target")
+QUANTITIES = ("final", "steps_to_target", "divergence")
 
 
 class Analysis(Protocol):
@@ -82,7 +82,7 @@ class Comparison:
         task: task name.
         optimizer: the optimizer under test.
         baseline: the optimizer it is compared with.
-        quantity: ``"final"`` or ``"steps_to_target"``.
+        quantity: ``"final"``, ``"steps_to_target"`` or ``"divergence"`` (a rate).
         analysis: the paired analysis of the effect.
         margin: equivalence margin (metric units for ``final``, a fraction of
             the baseline's steps for ``steps_to_target``).
@@ -179,7 +179,7 @@ class Claim:
     Attributes:
         optimizer: the optimizer the claim is about.
         baseline: what it is compared with.
-        quantity: ``"final"`` or ``"steps_to_target"``.
+        quantity: ``"final"``, ``"steps_to_target"`` or ``"divergence"``.
         at_least: the effect is at least this (None: no lower end).
         at_most: the effect is at most this (None: no upper end).
         task: the task (None: every task of the study).
@@ -198,7 +198,8 @@ class Claim:
         """The claim in words (``text``, or one made from the numbers)."""
         if self.text:
             return self.text
-        unit = "sooner" if self.quantity == "steps_to_target" else "higher final metric"
+        unit = {"steps_to_target": "sooner", "divergence": "difference in divergence rate"}.get(
+            self.quantity, "higher final metric")
         lo = "" if self.at_least is None else f"at least {self.at_least:g}"
         hi = "" if self.at_most is None else f"at most {self.at_most:g}"
         span = " and ".join(s for s in (lo, hi) if s)
