@@ -14,6 +14,10 @@ from steplab.tasks import Target, TaskData, register_task
 
 _ids = itertools.count()
 
+# start-up hooks for the processes the crash tests launch, not test or doctest modules (as
+# "sitecustomize" they would clash with a system one already imported)
+collect_ignore = ["crashsite"]
+
 
 class ToyTask:
     """Linear softmax regression on 256 seeded Gaussian points in 8-D (4 classes).
