@@ -37,8 +37,10 @@ browser:
 demo: $(VENV)/.installed
 	$(BIN)/steplab compare
 
+# --dist loadfile: each test file runs on one worker, so a module-scoped fixture (the 2-process
+# groups and crash runs of the distributed tests) runs once, not once per worker
 test: $(VENV)/.installed-test browser
-	$(BIN)/python -m pytest -n 2 --timeout=900 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout=900 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts
