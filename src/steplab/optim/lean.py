@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +42,14 @@ from torch import Tensor
 
 from steplab.errors import SpecError
 from steplab.optim.closure import evaluate_closure
-from steplab.optim.lean_buffers import STATE_KINDS, LeanBuffer, read_buffer
+from steplab.optim.lean_buffers import (
+    STATE_KINDS,
+    LeanBuffer,
+    Workspace,
+    load_chunk,
+    read_buffer,
+    store_chunk,
+)
 from steplab.optim.quantize import MIN_QUANTIZED_NUMEL, BlockCodec, Scratch
 
 __all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param"]
@@ -56,6 +62,8 @@ _SIZING_FRACTION = 0.045
 #: chunk bounds: below 8K elements a chunk's dozen torch calls cost more than its
 #: arithmetic; above 256K its float32 scratch no longer stays in a core's L2 cache
 _MIN_CHUNK, _MAX_CHUNK, _ALIGN = 8192, 1 << 18, 256
+#: chunks whose views are made at once (more would hold memory for views: ~400 B each)
+_GROUP = 16
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -81,24 +89,6 @@ def _check_min_size(min_size: object) -> int:
             math.isfinite(min_size) and min_size >= 0 and int(min_size) == min_size):
         raise SpecError(f"min_size: got {min_size!r}, expected an integer >= 0")
     return int(min_size)
-
-
-@dataclass
-class _Workspace:
-    """Float32 scratch for one chunk: one buffer per moment, parameter and gradient copies."""
-
-    moments: list[Tensor]
-    param: Tensor
-    grad: Tensor
-    scratch: Scratch | None
-
-    @classmethod
-    def allocate(cls, chunk: int, n_moments: int, low_precision: bool, quantised: bool,
-                 device: torch.device) -> _Workspace:
-        extra = chunk if low_precision else 0
-        return cls([torch.empty(chunk, device=device) for _ in range(n_moments)],
-                   torch.empty(extra, device=device), torch.empty(extra, device=device),
-                   Scratch.allocate(chunk, device) if quantised else None)
 
 
 class _LeanOptimizer(torch.optim.Optimizer):
@@ -156,53 +146,47 @@ class _LeanOptimizer(torch.optim.Optimizer):
         budget = int(fraction * self.state_bytes() / self._per_element()) // _ALIGN * _ALIGN
         return min(max(budget, _MIN_CHUNK), _MAX_CHUNK)
 
-    def _run_chunks(self, group: dict[str, Any], p: Tensor, work: _Workspace, chunk: int,
+    def _run_chunks(self, group: dict[str, Any], p: Tensor, work: Workspace, chunk: int,
                     kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
         """Decode, update with ``kernel(param, grad, moments)`` and encode ``p`` chunk by chunk.
 
-        Every view is made before the loop (codecs for full chunks and the last
-        one), so a chunk costs a few torch calls per buffer.
+        Views are made ahead, :data:`_GROUP` chunks at a time (so their own
+        memory stays bounded), with codecs for full chunks and the last one: a
+        chunk costs a few torch calls per buffer.
         """
         state, buffers = self.state[p], self._buffers(group, p)
         assert p.grad is not None
-        params = torch.split(p.detach().view(-1), chunk)
-        grads = torch.split(p.grad.detach().reshape(-1), chunk)
-        pieces = [b.pieces(state, chunk) for b in buffers]
+        flat_p, flat_g = p.detach().view(-1), p.grad.detach().reshape(-1)
         comp = state.get("kahan_comp")
-        comps = torch.split(comp.view(-1), chunk) if comp is not None else [None] * len(params)
-        form, last = buffers[0].form, params[-1].numel()
-        outs = work.moments[: len(buffers)]
+        flat_c = comp.view(-1) if comp is not None else None
+        numel, form, outs = p.numel(), buffers[0].form, work.moments[: len(buffers)]
         codecs: dict[int, list[BlockCodec]] = {}
         if form in ("int8", "int4"):
             assert work.scratch is not None
             codecs = {n: [b.codec(out, n, work.scratch) for b, out in zip(buffers, outs,
                                                                            strict=True)]
-                      for n in {params[0].numel(), last}}
-        for i, (param, grad, c) in enumerate(zip(params, grads, comps, strict=True)):
-            n = param.numel()
-            if form == "fp32":
-                moments = [piece[i][0] for piece in pieces]
-            elif form == "bf16":  # one call converts every moment
-                moments = [out[:n] for out in outs]
-                torch._foreach_copy_(moments, [piece[i][0] for piece in pieces])
-            else:
-                moments = [codec.decode(*piece[i]) for codec, piece in zip(codecs[n], pieces,
-                                                                            strict=True)]
-            low = param
-            if c is not None:  # θ + c in float32, the compensated value of the parameter
-                param = work.param[:n].copy_(param).add_(c)
-                grad = work.grad[:n].copy_(grad)
-            kernel(param, grad, moments)
-            if c is not None:
-                low.copy_(param)
-                c.copy_(param.sub_(low))
-            if form == "bf16":
-                torch._foreach_copy_([piece[i][0] for piece in pieces], moments)
-            elif form != "fp32":
-                for codec, piece in zip(codecs[n], pieces, strict=True):
-                    codec.encode(*piece[i])
+                      for n in {min(chunk, numel), (numel - 1) % chunk + 1}}
+        for start in range(0, numel, _GROUP * chunk):
+            stop = min(start + _GROUP * chunk, numel)
+            params = torch.split(flat_p[start:stop], chunk)
+            grads = torch.split(flat_g[start:stop], chunk)
+            comps = (torch.split(flat_c[start:stop], chunk) if flat_c is not None
+                     else [None] * len(params))
+            pieces = [b.pieces(state, chunk, start, stop) for b in buffers]
+            for i, (param, grad, c) in enumerate(zip(params, grads, comps, strict=True)):
+                moments = load_chunk(form, [piece[i] for piece in pieces], param.numel(),
+                                     outs, codecs)
+                low = param
+                if c is not None:  # θ + c in float32, the compensated value of the parameter
+                    param = work.param[: param.numel()].copy_(param).add_(c)
+                    grad = work.grad[: param.numel()].copy_(grad)
+                kernel(param, grad, moments)
+                if c is not None:
+                    low.copy_(param)
+                    c.copy_(param.sub_(low))
+                store_chunk(form, [piece[i] for piece in pieces], moments, codecs)
 
-    def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], _Workspace | None, int]:
+    def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], Workspace | None, int]:
         todo = []
         for group in self.param_groups:
             for p in group["params"]:
@@ -220,7 +204,7 @@ class _LeanOptimizer(torch.optim.Optimizer):
         chunk = min(self._chunk(), -(-max(p.numel() for _, p in todo) // _ALIGN) * _ALIGN)
         low = any(p.dtype in _LOW_PRECISION for _, p in todo)
         quantised = bool(self._forms() & {"int8", "int4"})
-        work = _Workspace.allocate(chunk, len(self.buffer_names), low, quantised,
+        work = Workspace.allocate(chunk, len(self.buffer_names), low, quantised,
                                    todo[0][1].device)
         return todo, work, chunk
 

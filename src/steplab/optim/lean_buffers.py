@@ -38,7 +38,8 @@ from steplab.optim.quantize import (
     decode_blocks,
 )
 
-__all__ = ["STATE_KINDS", "LeanBuffer", "StateKind", "qmap_for", "read_buffer"]
+__all__ = ["STATE_KINDS", "LeanBuffer", "StateKind", "Workspace", "load_chunk", "qmap_for",
+           "read_buffer", "store_chunk"]
 
 StateKind = Literal["fp32", "bf16", "int8", "int4"]
 #: every value ``state=`` accepts
@@ -123,18 +124,22 @@ class LeanBuffer:
         q = self.qmap
         return q.packed_numel(self.numel) + 4 * q.blocks(self.numel)
 
-    def pieces(self, state: dict[str, Any], chunk: int) -> list[tuple[Tensor, ...]]:
-        """The buffer's state cut into chunks of ``chunk`` elements (a multiple of 256).
+    def pieces(self, state: dict[str, Any], chunk: int, start: int = 0,
+               stop: int | None = None) -> list[tuple[Tensor, ...]]:
+        """Elements ``start:stop`` of the buffer's state cut into chunks of ``chunk``.
 
-        Each piece is ``(values,)`` for fp32/bf16, else ``(codes, absmax)`` with
-        ``absmax`` shaped ``(blocks, 1)`` as :class:`BlockCodec` takes it.
+        ``chunk`` and ``start`` are multiples of 256. Each piece is ``(values,)``
+        for fp32/bf16, else ``(codes, absmax)`` with ``absmax`` shaped
+        ``(blocks, 1)`` as :class:`BlockCodec` takes it.
         """
+        stop = self.numel if stop is None else stop
         if self.form in ("fp32", "bf16"):
-            return [(t,) for t in state[self.name].view(-1).split(chunk)]
+            return [(t,) for t in state[self.name].view(-1)[start:stop].split(chunk)]
         q = self.qmap
-        codes = state[self.name + CODES].split(q.packed_numel(chunk))
-        absmax = state[self.name + ABSMAX].view(-1, 1).split(chunk // q.block)
-        return list(zip(codes, absmax, strict=True))
+        codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
+        absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
+        return list(zip(codes.split(q.packed_numel(chunk)),
+                        absmax.view(-1, 1).split(chunk // q.block), strict=True))
 
     def codec(self, out: Tensor, length: int, scratch: Scratch) -> BlockCodec:
         """A codec for chunks of ``length`` elements decoded into ``out`` (quantised forms)."""
@@ -160,6 +165,49 @@ class LeanBuffer:
         elif self.form != "fp32":
             (piece,) = self.pieces(state, out.numel())
             self.codec(out, self.numel, scratch).encode(*piece)
+
+
+@dataclass
+class Workspace:
+    """Float32 scratch for one chunk: one buffer per moment, parameter and gradient copies."""
+
+    moments: list[Tensor]
+    param: Tensor
+    grad: Tensor
+    scratch: Scratch | None
+
+    @classmethod
+    def allocate(cls, chunk: int, n_moments: int, low_precision: bool, quantised: bool,
+                 device: torch.device) -> Workspace:
+        """Buffers for chunks of ``chunk`` elements (parameter copies only for bf16/fp16
+        parameters, the quantiser's scratch only for quantised forms)."""
+        extra = chunk if low_precision else 0
+        return cls([torch.empty(chunk, device=device) for _ in range(n_moments)],
+                   torch.empty(extra, device=device), torch.empty(extra, device=device),
+                   Scratch.allocate(chunk, device) if quantised else None)
+
+
+def load_chunk(form: str, pieces: list[tuple[Tensor, ...]], n: int, outs: list[Tensor],
+               codecs: dict[int, list[BlockCodec]]) -> list[Tensor]:
+    """One chunk's ``n`` moments as float32: the fp32 state itself, or converted or
+    decoded into ``outs`` (``codecs[n]``: one codec per buffer, quantised forms)."""
+    if form == "fp32":
+        return [piece[0] for piece in pieces]
+    if form == "bf16":  # one call converts every moment
+        moments = [out[:n] for out in outs]
+        torch._foreach_copy_(moments, [piece[0] for piece in pieces])
+        return moments
+    return [codec.decode(*piece) for codec, piece in zip(codecs[n], pieces, strict=True)]
+
+
+def store_chunk(form: str, pieces: list[tuple[Tensor, ...]], moments: list[Tensor],
+                codecs: dict[int, list[BlockCodec]]) -> None:
+    """Write one chunk's updated moments (from :func:`load_chunk`) back into the state."""
+    if form == "bf16":
+        torch._foreach_copy_([piece[0] for piece in pieces], moments)
+    elif form != "fp32":
+        for codec, piece in zip(codecs[moments[0].numel()], pieces, strict=True):
+            codec.encode(*piece)
 
 
 def read_buffer(state: dict[str, Any], name: str, numel: int) -> Tensor | None:

@@ -231,29 +231,26 @@ class Scratch:
     """Reusable work buffers for :func:`encode_blocks` / :func:`decode_blocks` (one chunk).
 
     Attributes:
-        index: int32, one per element (decoding's gather indices; ``|x|`` when encoding).
-        half: int16, one per element (float16 patterns, then codes).
-        flags: uint8, one per element (which values are positive, for ``zero_exact``).
+        index: 4 bytes per element, used in turn: decoding's int32 gather
+            indices; when encoding ``|x|``, then in its first half the float16
+            patterns (later the codes) and in its third quarter which values
+            are positive (``zero_exact`` maps).
         divisor: float32, one per 128 elements (``absmax · SCALE``).
     """
 
     index: Tensor
-    half: Tensor
-    flags: Tensor
     divisor: Tensor
 
     @classmethod
     def allocate(cls, numel: int, device: torch.device | str = "cpu") -> Scratch:
         """Buffers for chunks of up to ``numel`` elements."""
         return cls(torch.empty(numel, dtype=torch.int32, device=device),
-                   torch.empty(numel, dtype=torch.int16, device=device),
-                   torch.empty(numel, dtype=torch.uint8, device=device),
                    torch.empty(-(-numel // min(BLOCK_SIZES.values())), device=device))
 
     @staticmethod
     def bytes_per_element() -> int:
         """Bytes these buffers hold per chunk element (rounded up)."""
-        return 8
+        return 4
 
 
 class BlockCodec:
@@ -288,8 +285,9 @@ class BlockCodec:
         self.divisor = scratch.divisor[: total // qmap.block].view(-1, 1)
         self.scale = torch.tensor(SCALE, device=values.device)
         self.zero = torch.tensor(0.0, device=values.device)
-        self.half = scratch.half[:total]
-        self.flags = scratch.flags[:total]
+        raw = scratch.index[:total].view(torch.uint8)
+        self.half = raw[: 2 * total].view(torch.int16)
+        self.flags = raw[2 * total: 3 * total]
         self.index = values.view(torch.int32)  # encoding: values are dead once in float16
         packed = qmap.packed_numel(numel)
         self.decode_index = scratch.index[:packed]
@@ -299,7 +297,7 @@ class BlockCodec:
             self.decoded, self.source = values[: 2 * packed].view(torch.int64), qmap.pairs
         self.decoded_padding = values[2 * packed:] if qmap.bits == 4 and 2 * packed < total \
             else self.padding
-        self.codes = self.half.view(torch.uint8)[:total]
+        self.codes = raw[:total]
         self.words, self.pairs = self.index[:packed], self.codes.view(torch.int16)[:packed]
         self.lookup = self.index[:numel] if qmap.bits == 8 else self.index
 
