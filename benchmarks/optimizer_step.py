@@ -15,10 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -27,7 +31,7 @@ from rich.table import Table
 from steplab.optim import OPTIMIZERS, create_optimizer
 from steplab.optim.factory import FASTEST_IMPLEMENTATION
 from steplab.optim.interpolate import lerp_and_copy_
-from steplab.optim.paths import single_pass_choice
+from steplab.optim.paths import COMPILE_ENV, fused_step_choice, single_pass_choice
 from steplab.optim.single_pass import SinglePassNAdam, SinglePassRMSprop
 from steplab.optim.sync_kernel import compiled_sync
 
@@ -115,8 +119,8 @@ def _pytorch_optimizer_variant(name: str) -> Factory | str | None:
     return lambda ps: theirs(ps, **hyper)
 
 
-def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, float]:
-    """Median milliseconds per step of each variant, interleaved repeats.
+def _samples(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Milliseconds per step of each variant in every repeat, repeats interleaved.
 
     All variants step the same parameter tensors (each keeps its own state),
     so allocation and memory placement of the parameters cannot favour one.
@@ -126,7 +130,7 @@ def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> di
     built = {}
     for label, factory in variants.items():
         opt = factory(params)
-        for _ in range(5):  # lazy state initialisation and warm-up are not timed
+        for _ in range(5):  # lazy state initialisation, warm-up and compiles are not timed
             opt.step()
         built[label] = opt
     samples: dict[str, list[float]] = {label: [] for label in built}
@@ -139,7 +143,12 @@ def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> di
             for _ in range(args.steps):
                 opt.step()
             samples[label].append((clock() - start) * 1e3 / args.steps)
-    return {label: statistics.median(s) for label, s in samples.items()}
+    return samples
+
+
+def _time_variants(variants: dict[str, Factory], args: argparse.Namespace) -> dict[str, float]:
+    """Median milliseconds per step of each variant (see :func:`_samples`)."""
+    return {label: statistics.median(s) for label, s in _samples(variants, args).items()}
 
 
 def bench_rules(args: argparse.Namespace, console: Console) -> list[dict[str, object]]:
@@ -198,11 +207,39 @@ def bench_rules(args: argparse.Namespace, console: Console) -> list[dict[str, ob
     return rows
 
 
-def bench_lookahead(args: argparse.Namespace, console: Console) -> None:
-    variants: dict[str, Factory] = {
-        "fused AdamW": lambda ps: torch.optim.AdamW(ps, fused=True),
-        "steplab lookahead(adamw, k=5)": lambda ps: create_optimizer("lookahead(adamw, k=5)", ps),
-    }
+class _InMode:
+    """A steplab optimizer stepped under one ``STEPLAB_COMPILE`` mode, whatever the default."""
+
+    def __init__(self, opt: torch.optim.Optimizer, mode: str) -> None:
+        self.opt, self.mode = opt, mode
+
+    def step(self) -> None:
+        before = os.environ.get(COMPILE_ENV)
+        os.environ[COMPILE_ENV] = self.mode
+        try:
+            self.opt.step()
+        finally:
+            if before is None:
+                os.environ.pop(COMPILE_ENV, None)
+            else:
+                os.environ[COMPILE_ENV] = before
+
+
+def _spread(values: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"{q1:.3f}-{q3:.3f}"
+
+
+def bench_lookahead(args: argparse.Namespace, console: Console) -> list[dict[str, object]]:
+    """Lookahead(adamw, k=5) against fused AdamW, as ratios paired within each repeat."""
+    spec = "lookahead(adamw, k=5)"
+    fused_default = fused_step_choice(args.numel)[0]
+    paths = {"inner, then sync": "never", "fused k-th step, compiled": "always"}
+    variants: dict[str, Factory] = {"fused AdamW": lambda ps: torch.optim.AdamW(ps, fused=True)}
+    for path, mode in paths.items():
+        default = " (default here)" if (mode == "always") == fused_default else ""
+        variants[f"steplab {spec}: {path}{default}"] = (
+            lambda ps, m=mode: _InMode(create_optimizer(spec, ps), m))  # type: ignore[misc]
     if importlib.util.find_spec("pytorch_optimizer") is not None:
         from pytorch_optimizer import Lookahead as KozistrLookahead
 
@@ -210,18 +247,25 @@ def bench_lookahead(args: argparse.Namespace, console: Console) -> None:
             torch.optim.AdamW(ps, fused=True), k=5, alpha=0.5
         )
     args.steps = 5  # one whole Lookahead cycle per sample
-    args.repeats = max(5, args.repeats // 2)
-    ms = _time_variants(variants, args)
-    base = ms["fused AdamW"]
-    table = Table(title="Lookahead overhead, ms/step averaged over whole k=5 cycles")
-    for col in ("optimizer", "ms/step", "vs fused AdamW", "target"):
+    samples = _samples(variants, args)
+    base = samples["fused AdamW"]
+    table = Table(title=f"Lookahead overhead, ms/step over whole k=5 cycles ({args.repeats} "
+                  "repeats; ratio: median of the ratios paired within each repeat)")
+    for col in ("optimizer", "ms/step", "vs fused AdamW", "spread (q1-q3)", "target"):
         table.add_column(col, justify="right")
-    for label, value in ms.items():
-        target = "<= 1.12x" if label.startswith("steplab") else ""
-        table.add_row(label, f"{value:.1f}", f"{value / base:.2f}x", target)
+    rows: list[dict[str, object]] = []
+    for label, values in samples.items():
+        ratios = [v / b for v, b in zip(values, base, strict=True)]
+        row = {"optimizer": label, "ms": statistics.median(values),
+               "ratio": statistics.median(ratios), "spread": _spread(ratios)}
+        rows.append(row)
+        target = "<= 1.12x" if label.endswith("(default here)") else ""
+        table.add_row(label, f"{row['ms']:.2f}", f"{row['ratio']:.3f}x", str(row["spread"]),
+                      target)
     console.print(table)
-    if len(variants) == 2:
+    if "pytorch_optimizer Lookahead(AdamW fused, k=5)" not in variants:
         console.print("pytorch_optimizer is not installed: its Lookahead was not measured.")
+    return rows
 
 
 def _copy_ms(args: argparse.Namespace) -> list[float]:
@@ -236,7 +280,7 @@ def _copy_ms(args: argparse.Namespace) -> list[float]:
     return samples
 
 
-def bench_sync(args: argparse.Namespace, console: Console) -> None:
+def bench_sync(args: argparse.Namespace, console: Console) -> list[dict[str, object]]:
     """The Lookahead sync alone: blocked foreach and the compiled pass vs whole-tensor foreach."""
     fast = [p.detach() for p in _params(args.numel, args.tensors, seed=1)]
     slow = [t.clone() for t in fast]
@@ -268,10 +312,59 @@ def bench_sync(args: argparse.Namespace, console: Console) -> None:
     table = Table(title="one Lookahead sync (lerp + copy over all parameters), ms")
     for col in ("implementation", "ms", "vs whole-tensor", "vs floor"):
         table.add_column(col, justify="right")
+    rows: list[dict[str, object]] = []
     for label, value in ms.items():
         base = ms["whole-tensor foreach"]
+        rows.append({"implementation": label, "ms": value, "vs_whole": value / base,
+                     "vs_floor": value / floor})
         table.add_row(label, f"{value:.1f}", f"{value / base:.2f}x", f"{value / floor:.2f}x")
     console.print(table)
+    return rows
+
+
+def write_roofline(results: dict[str, list[dict[str, object]]], args: argparse.Namespace) -> Path:
+    """Write the measured tables into docs/benchmarks.md's generated roofline block."""
+    from docblock import write_block
+
+    command = " ".join(["nice -n 5 .venv/bin/python benchmarks/optimizer_step.py", *sys.argv[1:]])
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
+        f"{args.numel / 1e6:g}M float32 parameters in {args.tensors} tensors, "
+        f"{args.threads} thread(s), {args.clock} clock, {args.repeats} interleaved repeats, "
+        f"load average {load} (1/5/15 min) on {os.cpu_count()} cores:",
+        "",
+        f"    {command}",
+        "",
+    ]
+    lines += _markdown_tables(results)
+    return write_block("benchmarks.md", "roofline", "benchmarks/optimizer_step.py",
+                       "\n".join(lines))
+
+
+def _markdown_tables(results: dict[str, list[dict[str, object]]]) -> list[str]:
+    lines: list[str] = []
+    if "rules" in results:
+        lines += ["| rule | steplab path | steplab ms | torch fastest ms (flag) | vs fastest "
+                  "| vs floor |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in results["rules"]:
+            lines.append(
+                f"| {r['rule']} | {r['path']} | {r['steplab_ms']:.2f} | "
+                f"{r['torch_fastest_ms']:.2f} ({r['torch_fastest_flag']}) | "
+                f"{r['vs_fastest']:.2f}x | {r['vs_floor']:.2f}x |")
+        lines.append("")
+    if "sync" in results:
+        lines += ["| one sync over all parameters | ms | vs whole-tensor foreach | vs floor |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['implementation']} | {r['ms']:.2f} | {r['vs_whole']:.2f}x | "
+                  f"{r['vs_floor']:.2f}x |" for r in results["sync"]]
+        lines.append("")
+    if "lookahead" in results:
+        lines += ["| optimizer | ms/step over whole k=5 cycles | vs fused AdamW (median of "
+                  "paired ratios) | spread (q1-q3) |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['optimizer']} | {r['ms']:.2f} | {r['ratio']:.3f}x | {r['spread']} |"
+                  for r in results["lookahead"]]
+    return lines
 
 
 def main() -> None:
@@ -303,6 +396,12 @@ def main() -> None:
         help="cpu: this thread's CPU time (immune to other processes taking "
         "the cores; needs --threads 1); wall: elapsed time",
     )
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="replace the generated roofline block of docs/benchmarks.md with these figures "
+        "(default: off)",
+    )
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures one thread: use --threads 1 or --clock wall")
@@ -313,11 +412,14 @@ def main() -> None:
     console.print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock"
     )
+    results: dict[str, list[dict[str, object]]] = {}
     if args.part in ("all", "rules"):
-        bench_rules(args, console)
+        results["rules"] = bench_rules(args, console)
     if args.part in ("all", "lookahead"):
-        bench_sync(args, console)
-        bench_lookahead(args, console)
+        results["sync"] = bench_sync(args, console)
+        results["lookahead"] = bench_lookahead(args, console)
+    if args.write_docs:
+        console.print(f"wrote {write_roofline(results, args)}")
 
 
 if __name__ == "__main__":

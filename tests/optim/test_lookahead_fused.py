@@ -298,3 +298,19 @@ def test_a_failed_compile_falls_back_with_one_warning(
     _run(spec, theirs, 0, 6)
     for p, q in zip(ours, theirs, strict=True):
         assert torch.equal(p, q)
+
+
+def test_auto_fuses_from_the_threshold_off_cpu_and_keeps_cpu_unfused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from steplab.optim.paths import MIN_COMPILED_ELEMENTS, fused_step_choice
+
+    monkeypatch.setenv("STEPLAB_COMPILE", "auto")
+    assert fused_step_choice(10**9, "cpu")[0] is False  # measured slower there
+    monkeypatch.setattr("steplab.optim.paths.compiler_problem", lambda device: None)
+    assert fused_step_choice(MIN_COMPILED_ELEMENTS, "cuda")[0] is True
+    assert fused_step_choice(MIN_COMPILED_ELEMENTS - 1, "cuda")[0] is False
+    monkeypatch.setenv("STEPLAB_COMPILE", "always")
+    assert fused_step_choice(10, "cpu") == (True, "STEPLAB_COMPILE=always")
+    monkeypatch.setenv("STEPLAB_COMPILE", "never")
+    assert fused_step_choice(10**9, "cuda")[0] is False

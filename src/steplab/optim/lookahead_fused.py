@@ -35,7 +35,7 @@ from torch import Tensor
 from steplab.optim.compiler import CompiledKernel
 from steplab.optim.interpolate import run_sync
 from steplab.optim.lookahead_sync import plan_group
-from steplab.optim.paths import compile_choice
+from steplab.optim.paths import fused_step_choice
 from steplab.optim.single_pass import Call, run_single_pass, with_l2
 
 __all__ = [
@@ -252,8 +252,8 @@ def fused_sync_step(
     (:func:`inner_problem`), every parameter with a gradient has its full
     state (no lazy initialisation due), is a plain float32/float64 tensor
     whose gradient and buffers match it, and
-    :func:`~steplab.optim.paths.compile_choice` says the compile pays
-    (``STEPLAB_COMPILE`` and the size threshold of the single-pass steps).
+    :func:`~steplab.optim.paths.fused_step_choice` takes it (``STEPLAB_COMPILE``
+    and the size threshold of the single-pass steps; ``auto`` keeps CPU unfused).
     Parameters without a gradient are only synced, as the unfused path does.
     The step counters advance as torch's do. Anything else, or a failed
     compile (one ``RuntimeWarning``), returns False with nothing changed.
@@ -269,15 +269,15 @@ def fused_sync_step(
     """
     if inner_problem(inner) is not None:
         return False
+    params = [p for _, ps in groups for p in ps]
+    devices = {p.device.type for p in params}
+    if len(devices) != 1 or not fused_step_choice(sum(p.numel() for p in params),
+                                                  devices.pop())[0]:
+        return False
     plan = _plan(inner, state, groups)
     if plan is None or not plan[0]:
         return False
     calls, steps, idle = plan
-    params = [call[0] for call in calls]
-    devices = {p.device.type for p in params if p is not None}
-    elements = sum(p.numel() for p in params if p is not None)
-    if len(devices) != 1 or not compile_choice(elements, devices.pop())[0]:
-        return False
     # parameters without a gradient take no inner step but are synced: checked before any change
     idle_blocks = [(float(group["lookahead_alpha"]), blocks) for group, ps in idle if ps
                    for blocks in plan_group(inner, state, group, ps)]

@@ -36,6 +36,7 @@ __all__ = [
     "MIN_COMPILED_ELEMENTS",
     "SINGLE_PASS_RULES",
     "compile_choice",
+    "fused_step_choice",
     "single_pass_choice",
 ]
 
@@ -154,11 +155,42 @@ def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
     return paths
 
 
+#: why ``auto`` keeps Lookahead's k-th step unfused on CPU (benchmarks/optimizer_step.py)
+CPU_UNFUSED_WHY = (
+    "on CPU the compiled k-th step measured slower than torch's fused AdamW then the "
+    "blocked sync (inductor's C++ loop runs below the fused kernel's bandwidth)"
+)
+
+
+def fused_step_choice(elements: int, device_type: str = "cpu") -> tuple[bool, str]:
+    """Whether Lookahead(Adam/AdamW) fuses its k-th step with the sync here, and why.
+
+    :func:`compile_choice`'s rule, except that ``auto`` keeps the unfused step
+    on CPU, where it measured faster; ``always`` fuses there too.
+
+    Args:
+        elements: parameter elements the Lookahead holds.
+        device_type: where they live.
+
+    Returns:
+        ``(take_it, reason)``.
+
+    Example:
+        >>> import os
+        >>> mode = os.environ.get("STEPLAB_COMPILE", "auto")
+        >>> mode != "auto" or fused_step_choice(10**8)[1].startswith("on CPU the compiled")
+        True
+    """
+    if compile_mode() == "auto" and device_type == "cpu":
+        return False, CPU_UNFUSED_WHY
+    return compile_choice(elements, device_type)
+
+
 def _lookahead_path(device_type: str) -> dict[str, str]:
     """Lookahead's path: the k-th step fused with the sync around Adam/AdamW where it pays."""
     unfused = "inner, then sync"
-    small, _ = compile_choice(SMALL_MODEL, device_type)
-    large, why = compile_choice(LARGE_MODEL, device_type)
+    small, _ = fused_step_choice(SMALL_MODEL, device_type)
+    large, why = fused_step_choice(LARGE_MODEL, device_type)
     if not large:
         return {"small": unfused, "large": unfused, "why": why}
     if small != large:

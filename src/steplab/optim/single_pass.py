@@ -203,7 +203,8 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
         param = call[0]
         assert param is not None
         key = (tuple(t is None for t in call), param.dtype, param.device)
-        if flat and not kernel.ready(key, kernel.scratch(call), param.device):
+        compiled = key in kernel.compile_seconds  # scratch tensors only for a first compile
+        if flat and not compiled and not kernel.ready(key, kernel.scratch(call), param.device):
             return False
     hp_at = kernel.hp_index
     written: list[Tensor] = []
