@@ -24,6 +24,9 @@ EDGES = [math.inf, -math.inf, math.nan, 0.0, -0.0, 1e-40, -3e-42, 1.0, -2.5, 1e2
 VALUES = st.lists(
     st.sampled_from(EDGES) | st.floats(-10, 10, width=32), min_size=1, max_size=40
 )
+# α = 0 (RMSprop), β₂ = 0 (NAdam) or ε = 0 make the step ±η·g/|g|, which flips with the last
+# bit of a g that cancels to about 0 (torch's kernels fuse multiply-adds, inductor's C++ does
+# not), so those ill-conditioned settings are left to the NumPy reference tests.
 Build = Callable[[list[torch.Tensor], bool, dict[str, object]], torch.optim.Optimizer]
 RULES: dict[str, tuple[Build, st.SearchStrategy[dict[str, object]]]] = {
     "rmsprop": (
@@ -33,8 +36,8 @@ RULES: dict[str, tuple[Build, st.SearchStrategy[dict[str, object]]]] = {
         st.fixed_dictionaries(
             {
                 "lr": st.sampled_from([1e-2, 1.0]),
-                "alpha": st.sampled_from([0.0, 0.9, 1.0]),
-                "eps": st.sampled_from([0.0, 1e-8]),
+                "alpha": st.sampled_from([0.5, 0.9, 0.99]),
+                "eps": st.sampled_from([1e-8, 1e-6]),
                 "weight_decay": st.sampled_from([0.0, 0.1]),
                 "maximize": st.booleans(),
             }
@@ -47,8 +50,8 @@ RULES: dict[str, tuple[Build, st.SearchStrategy[dict[str, object]]]] = {
         st.fixed_dictionaries(
             {
                 "lr": st.sampled_from([1e-2, 1.0]),
-                "betas": st.sampled_from([(0.9, 0.999), (0.0, 0.0), (0.5, 0.9)]),
-                "eps": st.sampled_from([0.0, 1e-8]),
+                "betas": st.sampled_from([(0.9, 0.999), (0.0, 0.9), (0.5, 0.9)]),
+                "eps": st.sampled_from([1e-8, 1e-6]),
                 "weight_decay": st.sampled_from([0.0, 0.1]),
                 "decoupled_weight_decay": st.booleans(),
                 "maximize": st.booleans(),
