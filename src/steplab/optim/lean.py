@@ -33,6 +33,7 @@ docs/benchmarks.md, "lean state").
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -261,6 +262,12 @@ class _LeanOptimizer(torch.optim.Optimizer):
         buf.store(state, work, scratch)
 
 
+def _adam_chunk(fused: Any, options: dict[str, Any], steps: list[Tensor], param: Tensor,
+                grad: Tensor, moments: list[Tensor]) -> None:
+    """torch's fused Adam/AdamW kernel on one chunk (``options``: its keyword arguments)."""
+    fused([param], [grad], moments[:1], moments[1:2], moments[2:], steps, **options)
+
+
 class LeanAdam(_LeanOptimizer):
     r"""Adam / AdamW / AMSGrad with moments kept in fp32, bf16, int8 or int4.
 
@@ -342,16 +349,13 @@ class LeanAdam(_LeanOptimizer):
             step = self.state[p]["step"]
             step.add_(1)
 
-            def kernel(param: Tensor, grad: Tensor, moments: list[Tensor],
-                       group: dict[str, Any] = group, step: Tensor = step) -> None:
-                fused = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
-                fused([param], [grad], [moments[0]], [moments[1]], moments[2:], [step],
-                      amsgrad=group["amsgrad"], lr=float(group["lr"]), beta1=group["betas"][0],
-                      beta2=group["betas"][1], weight_decay=group["weight_decay"],
-                      eps=group["eps"], maximize=group["maximize"], grad_scale=None,
-                      found_inf=None)
-
-            self._run_chunks(group, p, work, chunk, kernel)
+            fused = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
+            options = {"amsgrad": group["amsgrad"], "lr": float(group["lr"]),
+                       "beta1": group["betas"][0], "beta2": group["betas"][1],
+                       "weight_decay": group["weight_decay"], "eps": group["eps"],
+                       "maximize": group["maximize"], "grad_scale": None, "found_inf": None}
+            self._run_chunks(group, p, work, chunk,
+                             functools.partial(_adam_chunk, fused, options, [step]))
         return loss
 
 

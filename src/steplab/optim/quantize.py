@@ -282,12 +282,16 @@ class BlockCodec:
         self.rows = values.view(-1, qmap.block)
         self.padding = values[numel:] if numel < total else None
         self.magnitude = scratch.index[:total].view(torch.float32)
+        self.magnitude_rows = self.magnitude.view(-1, qmap.block)
         self.divisor = scratch.divisor[: total // qmap.block].view(-1, 1)
         self.scale = torch.tensor(SCALE, device=values.device)
         self.zero = torch.tensor(0.0, device=values.device)
         raw = scratch.index[:total].view(torch.uint8)
         self.half = raw[: 2 * total].view(torch.int16)
+        self.half_float, self.half_bits = self.half.view(torch.float16), self.half.view(
+            torch.uint16)
         self.flags = raw[2 * total: 3 * total]
+        self.positive = self.flags.view(torch.bool)
         self.index = values.view(torch.int32)  # encoding: values are dead once in float16
         packed = qmap.packed_numel(numel)
         self.decode_index = scratch.index[:packed]
@@ -320,13 +324,13 @@ class BlockCodec:
         if self.padding is not None:
             self.padding.zero_()
         torch.abs(self.values, out=self.magnitude)
-        torch.amax(self.magnitude.view(-1, self.qmap.block), dim=1, keepdim=True, out=absmax_out)
+        torch.amax(self.magnitude_rows, dim=1, keepdim=True, out=absmax_out)
         torch.mul(absmax_out, self.scale, out=self.divisor)
         self.rows.div_(self.divisor)  # all-zero block: 0/0, NaN, code 0
         if self.qmap.zero_exact:
-            torch.gt(self.values, self.zero, out=self.flags.view(torch.bool))
-        self.half.view(torch.float16).copy_(self.values)
-        self.index.copy_(self.half.view(torch.uint16))
+            torch.gt(self.values, self.zero, out=self.positive)
+        self.half_float.copy_(self.values)
+        self.index.copy_(self.half_bits)
         if self.qmap.bits == 8:
             torch.index_select(self.qmap.lut, 0, self.lookup, out=codes_out)
             return
