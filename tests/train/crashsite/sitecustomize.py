@@ -122,7 +122,7 @@ def _stall_save(out: Path, nth: int) -> None:
     import steplab.state.tensorfile as tensorfile
 
     write_tensors, write_all = sharded.write_tensors, tensorfile._write_all
-    saves = [0]
+    saves, writes = [0], [0]  # write_tensors calls (saves); _write_all calls in the n-th
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         saves[0] += 1
@@ -136,7 +136,6 @@ def _stall_save(out: Path, nth: int) -> None:
                 os.fsync(fd)
                 _stall(out / "stalled-save")
 
-    writes = [0]
     sharded.write_tensors = counting  # type: ignore[assignment]
     tensorfile._write_all = partial  # type: ignore[assignment]
 
