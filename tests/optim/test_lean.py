@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import steplab.optim.lean as lean
+import steplab.optim.lean_chunks as lean_chunks
 from steplab.errors import SpecError
 from steplab.optim import create_optimizer, reference
 from steplab.optim.lean import LeanAdam, LeanSGD
@@ -127,8 +128,8 @@ def test_state_fp32_through_the_lean_path_is_torchs_fused_rule_bit_for_bit(name:
 def test_result_does_not_depend_on_the_chunk_size(kind: str, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
     def run(fraction: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        monkeypatch.setattr(lean, "PEAK_FRACTION", fraction)
-        monkeypatch.setattr(lean, "_MIN_CHUNK", 256)
+        monkeypatch.setattr(lean_chunks, "PEAK_FRACTION", fraction)
+        monkeypatch.setattr(lean_chunks, "_MIN_CHUNK", 256)
         torch.manual_seed(1)
         p = torch.nn.Parameter(torch.randn(300, 67))
         opt = LeanAdam([p], lr=1e-2, state=kind)

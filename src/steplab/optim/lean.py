@@ -34,7 +34,6 @@ docs/benchmarks.md, "lean state").
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,29 +42,17 @@ from torch import Tensor
 
 from steplab.errors import SpecError
 from steplab.optim.closure import evaluate_closure
-from steplab.optim.lean_buffers import (
-    STATE_KINDS,
-    LeanBuffer,
-    Workspace,
-    load_chunk,
-    read_buffer,
-    store_chunk,
+from steplab.optim.lean_buffers import LeanBuffer, read_buffer
+from steplab.optim.lean_chunks import (
+    PEAK_FRACTION,
+    LeanOptimizer,
+    check_min_size,
+    check_state,
 )
-from steplab.optim.quantize import MIN_QUANTIZED_NUMEL, BlockCodec, Scratch
+from steplab.optim.quantize import MIN_QUANTIZED_NUMEL
 
-__all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param"]
-
-#: scratch of a step is at most this fraction of the optimizer's state bytes
-PEAK_FRACTION = 0.05
-#: chunks are sized to this fraction, leaving room for the allocator's own overhead
-#: (page rounding, mmap headers, small temporaries): measured peak RSS stays under 5%
-_SIZING_FRACTION = 0.045
-#: chunk bounds: below 8K elements a chunk's dozen torch calls cost more than its
-#: arithmetic; above 256K its float32 scratch no longer stays in a core's L2 cache
-_MIN_CHUNK, _MAX_CHUNK, _ALIGN = 8192, 1 << 18, 256
-#: chunks whose views are made at once (more would hold memory for views: ~400 B each)
-_GROUP = 16
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
+__all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param",
+           "read_buffer"]
 
 
 def lean_bytes_per_param(buffers: Iterable[str], state: str, numel: int = 1 << 22) -> float:
@@ -79,196 +66,13 @@ def lean_bytes_per_param(buffers: Iterable[str], state: str, numel: int = 1 << 2
     return sum(LeanBuffer(b, state, numel).bytes() for b in buffers) / numel
 
 
-def _check_state(state: object) -> str:
-    if state not in STATE_KINDS:
-        raise SpecError(f"state: got {state!r}, expected one of {', '.join(STATE_KINDS)}")
-    return str(state)
-
-
-def _check_min_size(min_size: object) -> int:
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, float)) or not (
-            math.isfinite(min_size) and min_size >= 0 and int(min_size) == min_size):
-        raise SpecError(f"min_size: got {min_size!r}, expected an integer >= 0")
-    return int(min_size)
-
-
-class _LeanOptimizer(torch.optim.Optimizer):
-    """Shared machinery: buffers per parameter, chunking, state loading, compensation."""
-
-    buffer_names: tuple[str, ...] = ()
-
-    def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
-        return [LeanBuffer(name, group["state"], p.numel(), group["min_size"])
-                for name in self.buffer_names]
-
-    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
-        state: dict[str, Any] = self.state[p]
-        for buf in self._buffers(group, p):
-            state.update(buf.zeros(p.device, p.shape))
-        if p.dtype in _LOW_PRECISION:
-            state["kahan_comp"] = torch.zeros_like(p)
-        return state
-
-    def _complete(self, group: dict[str, Any], p: Tensor) -> bool:
-        """Whether ``p``'s state holds every buffer (transfer may drop momentum buffers)."""
-        state = self.state[p]
-        keys = [k for b in self._buffers(group, p) for k in b.state_keys()]
-        return bool(state) and all(k in state for k in keys)
-
-    def state_bytes(self) -> int:
-        """Bytes of every tensor in the per-parameter state."""
-        return sum(t.numel() * t.element_size() for s in self.state.values()
-                   for t in s.values() if isinstance(t, Tensor))
-
-    def _forms(self) -> set[str]:
-        return {b.form for g in self.param_groups for p in g["params"]
-                for b in self._buffers(g, p)}
-
-    def _per_element(self) -> int:
-        """Scratch bytes per chunk element: float32 moments, the quantiser's work
-        buffers, and float32 copies of a low-precision parameter and its gradient."""
-        forms = self._forms()
-        per_element = 4 * len(self.buffer_names)
-        if forms & {"int8", "int4"}:
-            per_element += Scratch.bytes_per_element()
-        if any(p.dtype in _LOW_PRECISION for g in self.param_groups for p in g["params"]):
-            per_element += 8
-        return per_element
-
-    def workspace_bytes(self) -> int:
-        """Bytes of the scratch one :meth:`step` allocates (its peak extra memory)."""
-        largest = max((p.numel() for g in self.param_groups for p in g["params"]), default=0)
-        chunk = min(self._chunk(), -(-largest // _ALIGN) * _ALIGN)
-        return chunk * self._per_element()
-
-    def _chunk(self) -> int:
-        """Elements per chunk: cache-sized, and within ``PEAK_FRACTION`` of the state."""
-        fraction = min(PEAK_FRACTION, _SIZING_FRACTION)
-        budget = int(fraction * self.state_bytes() / self._per_element()) // _ALIGN * _ALIGN
-        return min(max(budget, _MIN_CHUNK), _MAX_CHUNK)
-
-    def _run_chunks(self, group: dict[str, Any], p: Tensor, work: Workspace, chunk: int,
-                    kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
-        """Decode, update with ``kernel(param, grad, moments)`` and encode ``p`` chunk by chunk.
-
-        Views are made ahead, :data:`_GROUP` chunks at a time (so their own
-        memory stays bounded), with codecs for full chunks and the last one: a
-        chunk costs a few torch calls per buffer.
-        """
-        state, buffers = self.state[p], self._buffers(group, p)
-        assert p.grad is not None
-        flat_p, flat_g = p.detach().view(-1), p.grad.detach().reshape(-1)
-        comp = state.get("kahan_comp")
-        flat_c = comp.view(-1) if comp is not None else None
-        numel, form, outs = p.numel(), buffers[0].form, work.moments[: len(buffers)]
-        codecs: dict[int, list[BlockCodec]] = {}
-        if form in ("int8", "int4"):
-            assert work.scratch is not None
-            codecs = {n: [b.codec(out, n, work.scratch) for b, out in zip(buffers, outs,
-                                                                           strict=True)]
-                      for n in {min(chunk, numel), (numel - 1) % chunk + 1}}
-        for start in range(0, numel, _GROUP * chunk):
-            stop = min(start + _GROUP * chunk, numel)
-            params = torch.split(flat_p[start:stop], chunk)
-            grads = torch.split(flat_g[start:stop], chunk)
-            comps = (torch.split(flat_c[start:stop], chunk) if flat_c is not None
-                     else [None] * len(params))
-            pieces = [b.pieces(state, chunk, start, stop) for b in buffers]
-            for i, (param, grad, c) in enumerate(zip(params, grads, comps, strict=True)):
-                moments = load_chunk(form, [piece[i] for piece in pieces], param.numel(),
-                                     outs, codecs)
-                low = param
-                if c is not None:  # θ + c in float32, the compensated value of the parameter
-                    param = work.param[: param.numel()].copy_(param).add_(c)
-                    grad = work.grad[: param.numel()].copy_(grad)
-                kernel(param, grad, moments)
-                if c is not None:
-                    low.copy_(param)
-                    c.copy_(param.sub_(low))
-                store_chunk(form, [piece[i] for piece in pieces], moments, codecs)
-
-    def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], Workspace | None, int]:
-        todo = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise SpecError(f"{type(self).__name__}: sparse gradients are not supported")
-                if not p.is_contiguous():
-                    raise SpecError(f"{type(self).__name__}: parameters must be contiguous")
-                if not self._complete(group, p):
-                    self._init_state(group, p)
-                todo.append((group, p))
-        if not todo:
-            return todo, None, 0
-        chunk = min(self._chunk(), -(-max(p.numel() for _, p in todo) // _ALIGN) * _ALIGN)
-        low = any(p.dtype in _LOW_PRECISION for _, p in todo)
-        quantised = bool(self._forms() & {"int8", "int4"})
-        work = Workspace.allocate(chunk, len(self.buffer_names), low, quantised,
-                                   todo[0][1].device)
-        return todo, work, chunk
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load state, keeping each buffer's dtype exactly (torch would cast bf16 to the
-        parameter's dtype) and converting buffers saved in another form to this one's
-        (fp32 AdamW state into ``state=int8``, ...). Each group keeps its own ``state=``.
-
-        Raises:
-            ValueError: as ``torch.optim.Optimizer.load_state_dict``.
-        """
-        saved = state_dict.get("state", {})
-        ours = {i: self._own_keys(b) for i, b in saved.items()}
-        others = {i: {k: v for k, v in b.items() if k not in ours[i]} for i, b in saved.items()}
-        kinds = [(g["state"], g["min_size"]) for g in self.param_groups]
-        super().load_state_dict({**state_dict, "state": others})  # step, Lookahead's buffers
-        for group, (kind, min_size) in zip(self.param_groups, kinds, strict=True):
-            for key, value in self.defaults.items():  # a torch AdamW state dict lacks ours
-                group.setdefault(key, value)
-            # the form is the optimizer's own construction setting
-            group["state"], group["min_size"] = kind, min_size
-        ids = [(g, p) for g in self.param_groups for p in g["params"]]
-        for i, bufs in saved.items():
-            group, p = ids[int(i)]
-            state = self.state[p]
-            for buf in self._buffers(group, p):
-                if all(isinstance(bufs.get(k), Tensor) for k in buf.state_keys()) and all(
-                        bufs[k].dtype == v.dtype for k, v in buf.zeros("meta").items()):
-                    state.update({k: bufs[k].to(p.device, copy=True) for k in buf.state_keys()})
-                else:
-                    self._convert_into(state, buf, bufs, p)
-            if p.dtype in _LOW_PRECISION:
-                comp = bufs.get("kahan_comp")
-                state["kahan_comp"] = (comp.to(p.device, p.dtype, copy=True)
-                                       if isinstance(comp, Tensor) else torch.zeros_like(p))
-
-    def _own_keys(self, buffers: dict[str, Any]) -> set[str]:
-        """Keys of ``buffers`` this optimizer loads itself (moments in any form, kahan_comp)."""
-        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-        forms = {n + suffix for n in names for suffix in ("", "_codes", "_absmax")}
-        return {k for k in buffers if k in forms or k == "kahan_comp"}
-
-    @staticmethod
-    def _convert_into(state: dict[str, Any], buf: LeanBuffer, bufs: dict[str, Any],
-                      p: Tensor) -> None:
-        """Re-encode a buffer saved in another form (fp32 AdamW state into int8, ...)."""
-        values = read_buffer(bufs, buf.name, p.numel())
-        state.update(buf.zeros(p.device, p.shape))
-        if values is None:
-            return
-        chunk = -(-p.numel() // _ALIGN) * _ALIGN
-        work, scratch = torch.zeros(chunk, device=p.device), Scratch.allocate(chunk, p.device)
-        buf.load(state, work, scratch).copy_(values.to(p.device))
-        buf.store(state, work, scratch)
-
-
 def _adam_chunk(fused: Any, options: dict[str, Any], steps: list[Tensor], param: Tensor,
                 grad: Tensor, moments: list[Tensor]) -> None:
     """torch's fused Adam/AdamW kernel on one chunk (``options``: its keyword arguments)."""
     fused([param], [grad], moments[:1], moments[1:2], moments[2:], steps, **options)
 
 
-class LeanAdam(_LeanOptimizer):
+class LeanAdam(LeanOptimizer):
     r"""Adam / AdamW / AMSGrad with moments kept in fp32, bf16, int8 or int4.
 
     The rule is torch's (``decoupled=False``: Adam, L2 added to g; ``True``: AdamW)::
@@ -311,8 +115,8 @@ class LeanAdam(_LeanOptimizer):
             raise SpecError(f"LeanAdam: got lr={lr}, betas={betas}, eps={eps}, weight_decay="
                             f"{weight_decay}; expected lr > 0, betas in [0, 1), eps, decay >= 0")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
-                    "amsgrad": amsgrad, "decoupled": decoupled, "state": _check_state(state),
-                    "maximize": maximize, "min_size": _check_min_size(min_size)}
+                    "amsgrad": amsgrad, "decoupled": decoupled, "state": check_state(state),
+                    "maximize": maximize, "min_size": check_min_size(min_size)}
         super().__init__(params, defaults)
 
     def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
@@ -359,7 +163,7 @@ class LeanAdam(_LeanOptimizer):
         return loss
 
 
-class LeanSGD(_LeanOptimizer):
+class LeanSGD(LeanOptimizer):
     r"""SGD with momentum (heavy ball or Nesterov) and its buffer in fp32, bf16, int8 or int4.
 
     The rule is torch's: ``b ← μb + (1−τ)g`` (``b = g`` at the first step);
@@ -400,8 +204,8 @@ class LeanSGD(_LeanOptimizer):
                             " dampening in [0, 1], weight_decay >= 0")
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov,
-                    "state": _check_state(state), "maximize": maximize,
-                    "min_size": _check_min_size(min_size)}
+                    "state": check_state(state), "maximize": maximize,
+                    "min_size": check_min_size(min_size)}
         super().__init__(params, defaults)
 
     @torch.no_grad()
