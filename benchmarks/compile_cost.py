@@ -40,19 +40,30 @@ torch.set_num_threads(1)
 p = torch.nn.Parameter(torch.randn(1000, 1000))
 p.grad = torch.randn(1000, 1000)
 opt = create_optimizer(sys.argv[1], [p])
-cpu0, t0 = time.process_time(), time.perf_counter()
+for _ in range(int(sys.argv[2])):  # untimed steps before the one measured
+    opt.step()
+def children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compiler processes waited for
+    return usage.ru_utime + usage.ru_stime
+cpu0, kids0, t0 = time.process_time(), children_cpu(), time.perf_counter()
 opt.step()
 first, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-children = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"class": type(opt).__name__, "first": first,
-                  "cpu": cpu + children.ru_utime + children.ru_stime,
+                  "cpu": cpu + children_cpu() - kids0,
                   "cache_hits": counters["inductor"]["fxgraph_cache_hit"]}))
 """
 
 
-def _child(spec: str, env: dict[str, str]) -> dict[str, float | str]:
+#: what bench_start measures: the spec and how many untimed steps come before the timed one
+#: (Lookahead's first step only takes its slow copy; with k=1 its second is a k-th step)
+STARTS = {"rmsprop": ("rmsprop", 0), "nadam": ("nadam", 0),
+          "lookahead(adamw) k-th step": ("lookahead(adamw, k=1)", 1)}
+
+
+def _child(spec: str, env: dict[str, str], before: int = 0) -> dict[str, float | str]:
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, spec], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD, spec, str(before)], env=env, capture_output=True,
+        text=True, check=True,
     )
     result: dict[str, float | str] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -69,14 +80,15 @@ def bench_start(args: argparse.Namespace, console: Console) -> list[dict[str, ob
         table.add_column(col, justify="right")
     rows: list[dict[str, object]] = []
     base = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
-    for name in ("rmsprop", "nadam"):
+    for name in args.starts:
+        spec, before = STARTS[name]
         runs: dict[str, list[dict[str, float | str]]] = {"torch": [], "cold": [], "warm": []}
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix="steplab-cache-") as cache:
                 env = {**base, "STEPLAB_CACHE_DIR": cache, "STEPLAB_COMPILE": "always"}
-                runs["cold"].append(_child(name, env))
-                runs["warm"].append(_child(name, env))
-                runs["torch"].append(_child(name, {**env, "STEPLAB_COMPILE": "never"}))
+                runs["cold"].append(_child(spec, env, before))
+                runs["warm"].append(_child(spec, env, before))
+                runs["torch"].append(_child(spec, {**env, "STEPLAB_COMPILE": "never"}, before))
         row: dict[str, object] = {"rule": name}
         cells = []
         for kind, results in runs.items():
@@ -148,6 +160,11 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=2, help="lr trials per optimizer")
     parser.add_argument("--steps", type=int, default=100, help="steps per compare run")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--starts", nargs="*", default=list(STARTS), choices=list(STARTS),
+                        help="which first steps --part start measures")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write the start table into docs/benchmarks.md's generated "
+                        "compile-cost block")
     args = parser.parse_args()
     console = Console()
     results: dict[str, object] = {}
@@ -157,6 +174,32 @@ def main() -> None:
         results["compare"] = bench_compare(args, console)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.write_docs and "start" in results:
+        console.print(f"wrote {_write_docs(results['start'], args)}")
+
+
+def _write_docs(rows: list[dict[str, object]], args: argparse.Namespace) -> Path:
+    """The first-step table as a generated block of docs/benchmarks.md."""
+    from datetime import datetime, timezone
+
+    from docblock import write_block
+
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    command = " ".join(["nice -n 5 .venv/bin/python benchmarks/compile_cost.py", *sys.argv[1:]])
+    lines = [
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, median of {args.repeats}, load "
+        f"average {load} on {os.cpu_count()} cores (wall seconds include waiting for the cores):",
+        "", f"    {command}", "",
+        "| first step in a new process (1M params): CPU s / wall s | torch's path "
+        "| compiled, cold cache | compiled, second process (warm cache) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        cells = [f"{row[f'{k}_cpu_s']:.2f} / {row[f'{k}_wall_s']:.2f}"
+                 for k in ("torch", "cold", "warm")]
+        lines.append(f"| {row['rule']} | " + " | ".join(cells) + " |")
+    return write_block("benchmarks.md", "compile-cost", "benchmarks/compile_cost.py",
+                       "\n".join(lines))
 
 
 if __name__ == "__main__":

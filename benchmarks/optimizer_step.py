@@ -399,8 +399,7 @@ def main() -> None:
     parser.add_argument(
         "--write-docs",
         action="store_true",
-        help="replace the generated roofline block of docs/benchmarks.md with these figures "
-        "(default: off)",
+        help="replace the generated roofline block of docs/benchmarks.md with these figures",
     )
     args = parser.parse_args()
     if args.clock == "cpu" and args.threads != 1:
