@@ -2,7 +2,8 @@
 non-finite values, torch's state layout, bit-exact resume, checkpoints across paths, and
 the unfused path wherever the fused one does not apply.
 
-Compiles four small graphs once per cache (plain, amsgrad, pullback, both).
+Compiles three small graphs once per cache (plain, amsgrad, pullback; amsgrad with pullback
+is their composition and left uncompiled here to keep the suite short on a cold cache).
 """
 
 from __future__ import annotations
@@ -75,8 +76,7 @@ def _params(seed: int = 0) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("inner", "pullbacks"),
-    [("adamw", ["none", "reset"]), ("amsgrad", ["none"]), ("adam", ["pullback"]),
-     ("amsgrad", ["pullback"])],
+    [("adamw", ["none", "reset"]), ("amsgrad", ["none"]), ("adam", ["pullback"])],
 )
 def test_fused_kth_step_agrees_with_the_reference(inner: str, pullbacks: list[str],
                                                   spy: Spy) -> None:
@@ -126,7 +126,7 @@ def _same(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
 def test_non_finite_and_subnormal_values_match_the_unfused_step(
     pullback: str, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    @settings(max_examples=30, deadline=None)
+    @settings(max_examples=20, deadline=None)
     @given(inner=st.sampled_from(["adam", "adamw"]), wd=st.sampled_from([0.0, 0.1]),
            maximize=st.booleans(), theta=st.lists(EDGY, min_size=1, max_size=40),
            data=st.data())
@@ -224,14 +224,19 @@ def _hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     return None
 
 
-@pytest.mark.parametrize("case", ["bf16 slow", "step hook", "sgd", "grad scaler", "auto, small"])
+class _MyAdamW(torch.optim.AdamW):
+    """A subclass may change step (ZeroRedundancyOptimizer is another class altogether)."""
+
+
+@pytest.mark.parametrize(
+    "case", ["bf16 slow", "step hook", "sgd", "grad scaler", "auto, small", "subclass"])
 def test_what_cannot_fuse_takes_the_unfused_path(
     case: str, spy: Spy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def build(params: list[torch.Tensor]) -> Lookahead:
+        adamw = _MyAdamW if case == "subclass" else torch.optim.AdamW
         inner: torch.optim.Optimizer = (torch.optim.SGD(params, lr=0.1, momentum=0.9)
-                                        if case == "sgd" else torch.optim.AdamW(params, lr=0.1,
-                                                                                fused=True))
+                                        if case == "sgd" else adamw(params, lr=0.1, fused=True))
         if case == "step hook":
             inner.register_step_pre_hook(_hook)
         if case == "grad scaler":
