@@ -133,6 +133,45 @@ def _reason(exc: BaseException) -> str:
     return f"{type(inner).__name__}: {lines[0][:200]}"
 
 
+@contextlib.contextmanager
+def _wide_lowp_tiling() -> Iterator[None]:
+    """While compiling, tile CPU loops that load bf16/fp16 by that type's lane count.
+
+    Inductor tiles a loop by the float32 lane count (16 on AVX-512) unless every
+    node of the fused loop loads the low-precision type; a loop that also
+    computes on float32 parameters then moves bf16 data in half registers,
+    with masked loads and stores, which measured twice as slow as the full-width
+    loop on this machine's AVX-512 CPU (benchmarks/lean_state.py). Float32
+    values are then carried in pairs of registers, as inductor does for its
+    all-bf16 loops; only the vector width changes, not the arithmetic. Where
+    inductor's internals differ (another torch version) nothing is patched.
+    """
+    try:
+        from torch._inductor import cpu_vec_isa
+        from torch._inductor.codegen import cpp
+        select = cpp.TilingSelect.select_tiling
+        lowp_of = cpp.get_loop_body_lowp_fp
+        bodies_of = cpp._get_loop_body  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def select_tiling(self: Any, fn_list: Any, var_sizes_list: Any) -> Any:
+        factors, indices, stats = select(self, fn_list, var_sizes_list)
+        bodies = bodies_of(fn_list)  # type: ignore[no-untyped-call]
+        lowp = [d for d in {lowp_of(body)[0] for body in bodies} if d is not None]
+        if factors and len(lowp) == 1:
+            wide = cpu_vec_isa.pick_vec_isa().nelements(dtype=lowp[0])
+            factors = [max(f, wide) for f in factors]
+        return factors, indices, stats
+
+    cpp.TilingSelect.select_tiling = select_tiling  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        cpp.TilingSelect.select_tiling = select  # type: ignore[method-assign]
+
+
 def _static(t: torch.Tensor) -> torch.Tensor:
     torch._dynamo.mark_static(t, 0)
     return t
@@ -148,6 +187,8 @@ class CompiledKernel:
         hp_index: position of the 1-D hyperparameter tensor among ``fn``'s arguments.
         read_only: positions of the other arguments ``fn`` only reads (the
             gradient); every other tensor argument is written in place.
+        wide_lowp: on CPU, vectorise loops that load bf16/fp16 with as many
+            lanes as a register holds of that type (see :func:`_wide_lowp_tiling`).
 
     Example:
         >>> def axpy(y, x, a):
@@ -160,9 +201,11 @@ class CompiledKernel:
     """
 
     def __init__(
-        self, name: str, fn: Callable[..., None], hp_index: int, read_only: tuple[int, ...] = ()
+        self, name: str, fn: Callable[..., None], hp_index: int, read_only: tuple[int, ...] = (),
+        wide_lowp: bool = False,
     ) -> None:
         self.name = name
+        self.wide_lowp = wide_lowp
         self.hp_index = hp_index
         self.read_only = frozenset((hp_index, *read_only))
         self.eager = fn
@@ -240,6 +283,7 @@ class CompiledKernel:
             _inductor_cache(),
             inductor_config.patch(compile_threads=1),
             fx_config.patch(backed_size_oblivious=True),  # type: ignore[attr-defined]
+            _wide_lowp_tiling() if self.wide_lowp else contextlib.nullcontext(),
             torch.no_grad(),
         ):
             self._compiled(*example)

@@ -49,7 +49,10 @@ from steplab.optim.lean_chunks import (
     check_min_size,
     check_state,
 )
+from steplab.optim.lean_compiled import BF16_ADAM_KERNEL, adam_coefficients, bf16_adam_call
+from steplab.optim.paths import compile_choice
 from steplab.optim.quantize import MIN_QUANTIZED_NUMEL
+from steplab.optim.single_pass import Call, run_single_pass
 
 __all__ = ["PEAK_FRACTION", "LeanAdam", "LeanSGD", "create_lean", "lean_bytes_per_param",
            "read_buffer"]
@@ -118,6 +121,23 @@ class LeanAdam(LeanOptimizer):
                     "amsgrad": amsgrad, "decoupled": decoupled, "state": check_state(state),
                     "maximize": maximize, "min_size": check_min_size(min_size)}
         super().__init__(params, defaults)
+        held = [p for g in self.param_groups for p in g["params"]]
+        #: bf16 groups take the single-pass compiled step (decided once: same spec, same path)
+        self._compile = any(g["state"] == "bf16" for g in self.param_groups) and bool(
+            held) and compile_choice(sum(p.numel() for p in held), held[0].device.type)[0]
+
+    def _compiled_call(self, group: dict[str, Any], p: Tensor, step: float,
+                       hps: dict[tuple[int, float], Tensor]) -> Call | None:
+        """The compiled bf16 kernel's call for ``p``, or None for the chunked path."""
+        if group["state"] != "bf16":
+            return None
+        key = (id(group), step)
+        if key not in hps:
+            hp = torch.tensor(adam_coefficients(group, step, group["decoupled"]),
+                              dtype=torch.float32, device=p.device)
+            torch._dynamo.mark_static(hp, 0)
+            hps[key] = hp
+        return bf16_adam_call(p, self.state[p], hps[key], group["amsgrad"])
 
     def _buffers(self, group: dict[str, Any], p: Tensor) -> list[LeanBuffer]:
         names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ())
@@ -148,11 +168,23 @@ class LeanAdam(LeanOptimizer):
         """
         loss = evaluate_closure(closure)
         todo, work, chunk = self._prepare()
+        calls: list[Call] = []
+        pure, compiled = [], []
+        hps: dict[tuple[int, float], Tensor] = {}
         for group, p in todo:
-            assert work is not None
             step = self.state[p]["step"]
             step.add_(1)
-
+            call = self._compiled_call(group, p, float(step), hps) if self._compile else None
+            if call is None:
+                pure.append((group, p))
+            else:
+                calls.append(call)
+                compiled.append((group, p))
+        if calls and not run_single_pass(BF16_ADAM_KERNEL, calls):
+            pure += compiled  # the compile failed (one warning): nothing was touched
+        for group, p in pure:
+            assert work is not None
+            step = self.state[p]["step"]
             fused = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
             options = {"amsgrad": group["amsgrad"], "lr": float(group["lr"]),
                        "beta1": group["betas"][0], "beta2": group["betas"][1],

@@ -134,6 +134,10 @@ class LeanOptimizer(torch.optim.Optimizer):
         state, buffers = self.state[p], self._buffers(group, p)
         assert p.grad is not None
         flat_p, flat_g = p.detach().view(-1), p.grad.detach().reshape(-1)
+        if buffers[0].form == "bf16" and "kahan_comp" not in state:
+            self._run_bf16([state[b.name].view(-1) for b in buffers], flat_p, flat_g,
+                           work.moments[: len(buffers)], chunk, kernel)
+            return
         comp = state.get("kahan_comp")
         flat_c = comp.view(-1) if comp is not None else None
         numel, form, outs = p.numel(), buffers[0].form, work.moments[: len(buffers)]
@@ -162,6 +166,41 @@ class LeanOptimizer(torch.optim.Optimizer):
                     low.copy_(param)
                     c.copy_(param.sub_(low))
                 store_chunk(form, [piece[i] for piece in pieces], moments, codecs)
+
+    @staticmethod
+    def _run_bf16(moments: list[Tensor], flat_p: Tensor, flat_g: Tensor, outs: list[Tensor],
+                  chunk: int, kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
+        """:meth:`_run_chunks` for bf16 moments and a float32 parameter, in two calls a chunk.
+
+        A chunk's moments are widened into the float32 scratch, updated by
+        ``kernel`` and rounded back (``copy_``: round to nearest even). On CPU one
+        ``_foreach_copy_`` writes the previous chunk back and widens this one (it
+        copies its pairs in list order, so the scratch is written back before it
+        is refilled): the step's Python and dispatch cost, a large share of it at
+        cache-sized chunks, drops by a third.
+        """
+        numel = flat_p.numel()
+        merge = flat_p.device.type == "cpu"
+        scratch = {n: [out[:n] for out in outs] for n in {min(chunk, numel),
+                                                          (numel - 1) % chunk + 1}}
+        pending: list[Tensor] = []  # the previous chunk's bf16 moments, then its scratch
+        for start in range(0, numel, _GROUP * chunk):
+            stop = min(start + _GROUP * chunk, numel)
+            params = torch.split(flat_p[start:stop], chunk)
+            grads = torch.split(flat_g[start:stop], chunk)
+            pieces = [torch.split(m[start:stop], chunk) for m in moments]
+            for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+                low, wide = [piece[i] for piece in pieces], scratch[param.numel()]
+                if pending and merge:
+                    torch._foreach_copy_(pending[: len(low)] + wide, pending[len(low):] + low)
+                else:
+                    if pending:
+                        torch._foreach_copy_(pending[: len(low)], pending[len(low):])
+                    torch._foreach_copy_(wide, low)
+                kernel(param, grad, wide)
+                pending = low + wide
+        if pending:
+            torch._foreach_copy_(pending[: len(moments)], pending[len(moments):])
 
     def _prepare(self) -> tuple[list[tuple[dict[str, Any], Tensor]], Workspace | None, int]:
         todo = []
