@@ -319,3 +319,14 @@ def test_auto_fuses_from_the_threshold_off_cpu_and_keeps_cpu_unfused(
     assert fused_step_choice(10, "cpu") == (True, "STEPLAB_COMPILE=always")
     monkeypatch.setenv("STEPLAB_COMPILE", "never")
     assert fused_step_choice(10**9, "cuda")[0] is False
+
+
+def test_new_shapes_and_step_counts_reuse_one_graph(spy: Spy) -> None:
+    from torch._dynamo.utils import counters
+
+    _run("lookahead(adamw, k=1)", _params(), 0, 2)  # the plain variant is compiled (or loaded)
+    graphs = counters["stats"]["unique_graphs"]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(7,), (1,), (31, 3), (4096,), ()]]
+    _run("lookahead(adamw(weight_decay=0.3), k=1, alpha=0.7)", params, 0, 4)
+    assert spy.taken >= 4
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompile for sizes or hyperparameters
