@@ -2,8 +2,10 @@
 
 About 4M float32 parameters in two large tensors (2048x1024 each), gradients
 fixed. Variants: torch's fused fp32 AdamW (the baseline), steplab's
-``adamw(state=bf16|int8|int4)``, and bitsandbytes' / torchao's 8-bit AdamW
-when they import (neither is a steplab dependency). Repeats are interleaved
+``adamw(state=bf16)`` both ways (the compiled single pass, which
+``STEPLAB_COMPILE=auto`` takes at this size, and the pure chunked path,
+``STEPLAB_COMPILE=never``), ``adamw(state=int8|int4)``, and bitsandbytes' /
+torchao's 8-bit AdamW when they import (neither is a steplab dependency). Repeats are interleaved
 (order shuffled every repeat) and medians reported, so background load hits
 every variant alike; ratios are against fused fp32 in the same run. Two
 clocks: the CPU time of the calling thread (``time.thread_time``: what the
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import os
 import random
 import statistics
 import sys
@@ -50,8 +53,11 @@ from rich.console import Console
 from rich.table import Table
 
 from steplab.optim import create_optimizer
+from steplab.optim.compiler import compiler_problem
 from steplab.optim.lean import LeanAdam
 from steplab.optim.lean_buffers import qmap_for
+from steplab.optim.lean_compiled import BF16_ADAM_KERNEL
+from steplab.optim.paths import COMPILE_ENV
 from steplab.optim.quantize import dequantize_blockwise, quantize_blockwise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +65,8 @@ from docblock import write_block
 
 BASE = "torch AdamW fused fp32"
 #: (variant, the most it may take relative to fused fp32 AdamW) from the issue
-TARGETS = {"steplab adamw(state=bf16)": 1.3, "steplab adamw(state=int8)": 8.0}
+BF16_COMPILED, BF16_PURE = "steplab adamw(state=bf16) compiled", "steplab adamw(state=bf16) pure"
+TARGETS = {BF16_COMPILED: 1.3, BF16_PURE: 1.3, "steplab adamw(state=int8)": 8.0}
 Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
@@ -87,10 +94,15 @@ def _variants() -> tuple[dict[str, Factory], list[str]]:
     variants: dict[str, Factory] = {
         BASE: lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
     }
-    for kind in ("bf16", "int8", "int4"):
+    variants[BF16_COMPILED] = lambda ps: _with_compile("always", "adamw(state=bf16)", ps)
+    variants[BF16_PURE] = lambda ps: _with_compile("never", "adamw(state=bf16)", ps)
+    for kind in ("int8", "int4"):
         variants[f"steplab adamw(state={kind})"] = (
             lambda ps, kind=kind: create_optimizer(f"adamw(state={kind})", ps))
     notes = []
+    if compiler_problem("cpu") is not None:
+        notes.append(f"{BF16_COMPILED}: no compiler here ({compiler_problem('cpu')}), "
+                     "so it ran the pure path")
     try:
         import bitsandbytes as bnb
 
@@ -108,6 +120,19 @@ def _variants() -> tuple[dict[str, Factory], list[str]]:
     except Exception as exc:
         notes.append(f"torchao: not measured ({type(exc).__name__}: {str(exc)[:80]})")
     return variants, notes
+
+
+def _with_compile(mode: str, spec: str, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """``create_optimizer(spec)`` under ``STEPLAB_COMPILE=mode`` (read when it is built)."""
+    before = os.environ.get(COMPILE_ENV)
+    os.environ[COMPILE_ENV] = mode
+    try:
+        return create_optimizer(spec, params)
+    finally:
+        if before is None:
+            os.environ.pop(COMPILE_ENV)
+        else:
+            os.environ[COMPILE_ENV] = before
 
 
 def _state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -301,6 +326,9 @@ def main() -> None:
     variants, notes = _variants()
     repeats, steps = (3, 2) if args.quick else (args.repeats, 3)
     rows = _speed(variants, repeats, steps)
+    if BF16_ADAM_KERNEL.failure is not None:
+        notes.append(f"{BF16_COMPILED}: the compile failed ({BF16_ADAM_KERNEL.failure}), "
+                     "so it ran the pure path")
     kahan = _kahan(100 if args.quick else 300)
     errors = _errors(1 << 20)
     draw_ms = _random_draw_ms(sum(p.numel() for p in _params(0)), repeats)
