@@ -4,7 +4,8 @@ For ``mnist1d-cnn``, ``mnist1d-mlp`` and ``mnist1d-logreg`` (one torch thread),
 trains seeds 0-9 at the task's defaults and reports each seed's final test
 accuracy, the mean and the minimum, against the MNIST-1D paper (94 / 68 / 32%)
 and the goals: CNN mean >= 93.5% and min >= 92%; MLP and logistic regression
-within 2 points of the paper on every seed. Writes the table into
+within 2 points of the paper on every seed; and the median CPU seconds per
+run (one thread, evaluation included). Writes the table into
 ``docs/tasks.md`` (block ``mnist1d-seeds``).
 
 Usage: ``python benchmarks/mnist1d_seeds.py [--tasks mnist1d-cnn,...] [--no-docs]``
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,16 +45,21 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    lines = ["| task | defaults (Adam) | seeds 0-9 test accuracy (%) | mean | min | goal |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | defaults (Adam) | seeds 0-9 test accuracy (%) | mean | min | goal "
+             "| CPU s/run |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name in args.tasks.split(","):
         task = get_task(name)
-        accs = [fit(TrainConfig(task=name, seed=s, eval_splits=("test",)), progress=False)
-                .summary["metrics"]["test_accuracy"] for s in range(10)]
+        accs, cpu = [], []
+        for seed in range(10):
+            start = time.process_time()
+            result = fit(TrainConfig(task=name, seed=seed, eval_splits=("test",)), progress=False)
+            cpu.append(time.process_time() - start)
+            accs.append(result.summary["metrics"]["test_accuracy"])
         lines.append(
             f"| `{name}` | batch {task.default_batch_size}, {task.default_steps} steps, lr "
             f"{task.default_lr} | {' '.join(f'{a * 100:.1f}' for a in accs)} | "
-            f"{statistics.mean(accs) * 100:.2f} | {min(accs) * 100:.1f} | {goal(name, accs)} |")
+            f"{statistics.mean(accs) * 100:.2f} | {min(accs) * 100:.1f} | {goal(name, accs)} "
+            f"| {statistics.median(cpu):.1f} |")
         print(lines[-1], flush=True)
     command = "python benchmarks/mnist1d_seeds.py " + " ".join(sys.argv[1:])
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
