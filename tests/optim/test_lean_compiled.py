@@ -145,3 +145,16 @@ def test_bf16_parameters_keep_the_compensated_chunked_path(
     opt.step()
     assert "kahan_comp" in opt.state[w] and lean.bf16_adam_call(
         w, opt.state[w], torch.zeros(9), False) is None
+
+
+def test_wide_tiling_patch_is_scoped_and_skipped_where_inductor_differs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.codegen import cpp
+
+    original = cpp.TilingSelect.select_tiling
+    with compiler._wide_lowp_tiling():
+        assert cpp.TilingSelect.select_tiling is not original
+    assert cpp.TilingSelect.select_tiling is original
+    monkeypatch.delattr(cpp, "get_loop_body_lowp_fp")  # another torch's internals
+    with compiler._wide_lowp_tiling():
+        assert cpp.TilingSelect.select_tiling is original
