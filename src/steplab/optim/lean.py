@@ -14,6 +14,12 @@ a cache pass, not a memory one). All views a chunk needs are made before the
 loop (:class:`~steplab.optim.quantize.BlockCodec`): a chunk costs about a
 dozen torch calls per moment.
 
+With ``state=bf16`` and float32 parameters, Adam/AdamW/AMSGrad take the
+compiled single-pass step of :mod:`steplab.optim.lean_compiled` where
+``STEPLAB_COMPILE`` says a compile pays (decided when the optimizer is
+built): one loop reads and writes each element once, where the chunked path
+adds four bf16 conversion passes to torch's kernel.
+
 bf16 and fp16 *parameters* are updated with Kahan-compensated summation
 (Zamirai et al. 2020, arXiv:2010.06192): the state keeps ``kahan_comp``, the
 rounding error of the last write in the parameter's dtype, the kernel updates
