@@ -7,7 +7,7 @@ MLP and the logistic regression within 2 points of the paper on every one of
 seeds 0-9. These tests check exactly that, on all 10 seeds, through the
 command line (the same numbers as docs/tasks.md, benchmarks/mnist1d_seeds.py,
 which runs `fit`). One torch thread (on a loaded 2-core machine two threads
-spin-wait for each other). About 2.5 minutes of CPU for all three.
+spin-wait for each other). About 2 minutes for all three on a loaded 2-core machine.
 """
 
 from __future__ import annotations
