@@ -105,6 +105,19 @@ def test_register_task_adds_a_duck_typed_task_and_refuses_a_second_one() -> None
     assert get_task("test-registry-quadratic") is other
 
 
+def test_a_task_whose_info_is_partial_is_still_listed() -> None:
+    """CI regression: a registered duck-typed task whose info() gave only its name made
+    `steplab tasks` fail with "unexpected KeyError: 'sizes'" in every later test."""
+    from steplab.cli import main
+
+    register_task(_Quadratic("test-registry-partial-info"))
+    info = next(i for i in describe_tasks() if i["name"] == "test-registry-partial-info")
+    assert info["sizes"] is None and info["n_params"] == 2
+    assert info["defaults"] == {"optimizer": "adam", "batch_size": 1, "steps": 5, "lr": 0.1}
+    assert info["description"] == "a 1-D quadratic"
+    assert main(["tasks"]) == 0
+
+
 def test_register_task_names_the_missing_members() -> None:
     class Half:
         name = "half"

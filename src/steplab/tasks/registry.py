@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from steplab.errors import SpecError
-from steplab.tasks.base import Target, Task
+from steplab.tasks.base import Target, Task, task_info
 from steplab.tasks.digits import DigitsTask
 from steplab.tasks.functions import FUNCTION_TASKS, FunctionTask
 from steplab.tasks.images import Cifar10Task, MnistTask
@@ -233,4 +233,23 @@ def describe_tasks(names: list[str] | None = None) -> list[dict[str, Any]]:
         >>> [d["n_params"] for d in describe_tasks(["mnist1d-logreg", "beale"])]
         [410, 2]
     """
-    return [get_task(name).info() for name in (list_tasks() if names is None else names)]
+    return [_complete_info(get_task(name)) for name in (list_tasks() if names is None else names)]
+
+
+def _complete_info(task: Task) -> dict[str, Any]:
+    """``task.info()`` with every listed field present.
+
+    A user's task may return only part of the dict (or a non-dict): the fields
+    it leaves out are filled from the protocol's members (sizes unknown), so a
+    listing never fails on one registered task.
+    """
+    info = getattr(task, "info", None)
+    given = info() if callable(info) else {}
+    base = task_info(task, None)
+    if not isinstance(given, dict):
+        return base
+    merged = {**base, **given}
+    for key in ("target", "defaults"):
+        if not isinstance(merged[key], dict):
+            merged[key] = base[key]
+    return merged
