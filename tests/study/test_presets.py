@@ -69,3 +69,15 @@ def test_warmup_transformer_preset_judges_divergence_and_final_loss_of_adam_with
         (warm, plain, "divergence", 0.0), (warm, plain, "final", 0.0)]
     assert spec.budget * spec.tuning_repeats >= 20  # paired (lr, seed) points per arm
     assert load_preset("warmup-transformer", seeds=2).seeds == 2
+
+
+@pytest.mark.parametrize("name", ["memory", "lookahead-paper", "warmup-transformer"])
+def test_every_preset_has_enough_pairs_to_decide_its_claims(name: str) -> None:
+    """An exact paired test on n pairs cannot give a two-sided p below 2 / 2**n, so a preset
+    with too few seeds reports "inconclusive" whatever the data (lookahead-paper had 5 seeds:
+    p >= 0.0625 before Holm). Each claim must be decidable after Holm over all of them."""
+    spec = preset(name)
+    alpha = (1 - spec.level) / (len(spec.claims) * len(spec.tasks))
+    for claim in spec.claims:
+        pairs = spec.budget * spec.tuning_repeats if claim.quantity == "divergence" else spec.seeds
+        assert 2 / 2**pairs < alpha, (claim.text, pairs)

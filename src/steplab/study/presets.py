@@ -30,13 +30,14 @@ warmup (Vaswani et al. 2017; Liu et al. 2020 explain it by Adam's early
 variance). Adam on the byte-level LM ``byte-lm``, without warmup and with
 linear warmup over the first :data:`WARMUP_STEPS` steps (an arm,
 :mod:`steplab.study.spec_arms`), each over the same 5 learning rates from
-3e-3 to 0.3 at 4 tuning seeds: 20 paired (lr, seed) points per arm. Two
+3.3e-4 to 0.3 (below the LM's best Adam lr up to where it stops learning)
+at 4 tuning seeds: 20 paired (lr, seed) points per arm. Two
 claims: warmup lowers the **divergence rate** over that range (a run diverged
 when it stopped as diverged, went non-finite, or ended with a validation loss
 above :data:`UNIGRAM_NATS`, the byte-unigram entropy of the stdlib corpus's
 training split: no better than counting bytes), judged by McNemar's exact
 test on the pairs; and warmup reaches a lower **final loss** (test bits per
-byte at each arm's best lr, 4 fresh paired seeds). The same study is
+byte at each arm's best lr, 8 fresh paired seeds). The same study is
 ``examples/warmup-transformer.toml``.
 
 >>> spec = preset("memory")
@@ -107,9 +108,11 @@ def memory_study_spec() -> StudySpec:
 def lookahead_paper_study_spec() -> StudySpec:
     """The ``lookahead-paper`` preset (see the module docstring).
 
-    5 paired seeds, 3 learning rates searched per optimizer (selected on
-    validation steps-to-target, what the claims are about), each task's own
-    steps and target; about an hour on 2 CPU cores. Shrink it with
+    10 paired seeds (with 5, the exact sign-flip test of steps to target can
+    never reach p < 0.05: its smallest two-sided p is 2/2^5), 3 learning rates
+    searched per optimizer (selected on validation steps-to-target, what the
+    claims are about), each task's own steps and target; about 40 minutes on
+    2 CPU cores, most of it the LM. Shrink it with
     ``--tasks``, ``--steps``, ``--seeds`` and ``--budget``.
 
     >>> spec = lookahead_paper_study_spec()
@@ -125,7 +128,7 @@ def lookahead_paper_study_spec() -> StudySpec:
     return StudySpec(
         tasks=LOOKAHEAD_PAPER_TASKS,
         optimizers=("momentum", "lookahead(momentum)", "adam", "lookahead(adam)"),
-        seeds=5,
+        seeds=10,
         budget=3,
         claims=claims,  # type: ignore[arg-type]  # parsed into Claim values
         metrics=("nll", "ece", "shift_accuracy"),
@@ -137,20 +140,22 @@ def lookahead_paper_study_spec() -> StudySpec:
 UNIGRAM_NATS = 3.09
 #: linear warmup steps of the warmup-transformer preset's warmup arm (20% of its 300 steps)
 WARMUP_STEPS = 60
-_PLAIN, _WARM = "adam(lr=0.03)", "adam+warmup"
+_PLAIN, _WARM = "adam(lr=0.01)", "adam+warmup"
 
 
 def warmup_transformer_study_spec() -> StudySpec:
     """The ``warmup-transformer`` preset (see the module docstring).
 
-    300 steps per run (``byte-lm``'s default is 800), 5 learning rates x 4
-    tuning seeds searched per arm, 4 final seeds: 48 runs, about 25 minutes
-    on 2 CPU cores. The lr range reaches 0.3, where Adam on this model stops
-    learning with or without warmup, so the range covers the edge of stability.
+    300 steps per run (``byte-lm``'s default is 800), 5 learning rates
+    (3.3e-4 to 0.3: lr_span 30 around 0.01) x 4 tuning seeds searched per
+    arm, 8 final seeds: 56 runs, about 20 minutes on 2 idle CPU cores. The
+    range reaches 0.3, where Adam on this model stops learning with or
+    without warmup, and goes below the LM's best lr (3e-3 at 800 steps), so
+    it covers both the optimum and the edge of stability.
 
     >>> spec = warmup_transformer_study_spec()
     >>> spec.arm("adam+warmup"), [c.quantity for c in spec.claims]
-    (('adam(lr=0.03)', {'warmup_steps': 60}), ['divergence', 'final'])
+    (('adam(lr=0.01)', {'warmup_steps': 60}), ['divergence', 'final'])
     """
     claims = [
         {"optimizer": _WARM, "baseline": _PLAIN, "quantity": "divergence", "at_most": 0.0,
@@ -163,10 +168,10 @@ def warmup_transformer_study_spec() -> StudySpec:
         optimizers=(_PLAIN, _WARM),
         arms={_WARM: {"optimizer": _PLAIN, "warmup_steps": WARMUP_STEPS}},  # type: ignore[arg-type]
         baseline=_PLAIN,
-        seeds=4,
+        seeds=8,
         budget=5,
         tuning_repeats=4,
-        lr_span=10.0,
+        lr_span=30.0,
         steps=300,
         selection="final",
         metrics=("divergence",),
