@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steplab.study.compare import run_study
-from steplab.study.presets import load_preset
+from steplab.study.presets import MEMORY_LR, load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docblock import write_block
@@ -40,7 +40,7 @@ def tables(result: Any) -> str:
     out = []
     for task in analysis.targets:
         out += [f"**{task}** (final test accuracy, %; intervals at the study's level)", "",
-                "| optimizer | accuracy (CI) | vs adamw (fp32): difference, verdict "
+                "| optimizer | accuracy (CI) | vs the fp32 baseline: difference, verdict "
                 "| claim: within 1 point of its fp32 original |",
                 "| --- | ---: | --- | --- |"]
         for row in (r for r in analysis.rows if r.task == task):
@@ -82,7 +82,7 @@ def main() -> None:
         header = (f"Generated {datetime.date.today().isoformat()} by "
                   f"`benchmarks/memory_parity.py{flags}` (the `steplab compare --preset memory` "
                   f"study: {spec.seeds} paired seeds, {spec.steps} steps, every format at "
-                  f"AdamW's default lr; {result.n_runs} runs).\n\n")
+                  f"lr {MEMORY_LR:g}; {result.n_runs} runs).\n\n")
         write_block("benchmarks.md", "memory_parity", "benchmarks/memory_parity.py",
                     header + text, heading="### Parity (`benchmarks/memory_parity.py`)")
 

@@ -20,10 +20,11 @@ def test_example_file_is_the_memory_preset() -> None:
 
 def test_memory_preset_claims_each_lean_format_within_one_point() -> None:
     spec = preset("memory")
-    assert spec.tasks == ("mnist1d-mlp", "mnist1d-cnn") and spec.baseline == "adamw"
+    assert spec.tasks == ("mnist1d-mlp", "mnist1d-cnn") and spec.baseline == "adamw(lr=0.01)"
     pairs = {(c.optimizer, c.baseline) for c in spec.claims}
-    assert ("adamw(min_size=0, state=int4)", "adamw") in pairs  # every tensor quantised
-    assert ("lookahead(adamw, slow=bf16)", "lookahead(adamw)") in pairs
+    # min_size=0: every tensor quantised
+    assert ("adamw(lr=0.01, min_size=0, state=int4)", "adamw(lr=0.01)") in pairs
+    assert ("lookahead(adamw(lr=0.01), slow=bf16)", "lookahead(adamw(lr=0.01))") in pairs
     assert all((c.at_least, c.at_most) == (-0.01, 0.01) for c in spec.claims)
     assert load_preset("memory", seeds=9).seeds == 9
 
