@@ -85,3 +85,26 @@ def test_shows_the_path_each_rule_takes_here_and_why(
     out = capsys.readouterr().out
     assert "implementation on this machine" in out and "│ nadam " in out
     assert "fused k-th step" in out
+
+
+@pytest.mark.parametrize("mode", ["auto", "never"])
+def test_lean_state_paths_are_the_ones_the_optimizer_takes(
+    mode: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from steplab.optim import create_optimizer
+
+    monkeypatch.setenv("STEPLAB_COMPILE", mode)
+    assert main(["optimizers", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert "cpu_path_by_state" not in rows["rmsprop"]  # no state= form
+    assert rows["momentum"]["cpu_path_by_state"]["bf16"]["large"] == "chunked"
+    assert rows["adamw"]["cpu_path_by_state"]["int4"]["large"] == "chunked"
+    for size, key in ((100_000, "small"), (10_000_000, "large")):
+        opt = create_optimizer("adamw(state=bf16)", [torch.nn.Parameter(torch.zeros(size))])
+        shown = rows["adamw"]["cpu_path_by_state"]["bf16"][key]
+        assert shown == ("compiled" if opt._compile else "chunked"), (mode, size)
+    assert main(["optimizers", "--width", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "state=bf16" in out and "state=int8/int4" in out

@@ -40,12 +40,21 @@ def _bytes(info: dict[str, Any]) -> str:
     return f"{info['bytes_per_param']}" + (f" ({forms})" if forms else "")
 
 
+def _lean_paths(name: str, paths: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Per ``state=`` form of ``name``, its path (only the Adam family compiles bf16)."""
+    chunked = {"small": "chunked", "large": "chunked", "why": "torch ops over cache-sized chunks"}
+    bf16 = paths["state=bf16"] if name in ("adam", "adamw", "amsgrad") else chunked
+    return {"bf16": bf16, "int8": paths["state=int8/int4"], "int4": paths["state=int8/int4"]}
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the registry: a rich table for people, ``--json`` for scripts."""
     infos = [info.to_dict() for info in OPTIMIZERS.values()]
     paths = implementation_paths()
     for info in infos:
         info["cpu_path"] = paths.get(info["name"])
+        if "state" in info["defaults"]:  # the lean state= forms take their own paths
+            info["cpu_path_by_state"] = _lean_paths(info["name"], paths)
     if args.json:
         print(json.dumps(infos, indent=2, ensure_ascii=False))
         return 0

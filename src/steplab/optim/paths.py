@@ -128,8 +128,9 @@ def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
         ``{name: {"small": path, "large": path, "why": reason}}`` for every rule;
         paths are ``"fused"``, ``"foreach"``, ``"for-loop"`` or ``"compiled"``
         (for lookahead: ``"inner, then sync"`` or ``"fused k-th step"``, its
-        Adam/AdamW k-th step and sync in one compiled pass); small is 100k
-        float32 elements, large 10M.
+        Adam/AdamW k-th step and sync in one compiled pass; for the rows
+        ``"state=bf16"`` and ``"state=int8/int4"``: ``"compiled"`` or ``"chunked"``);
+        small is 100k float32 elements, large 10M.
 
     Example:
         >>> implementation_paths()["adamw"]
@@ -152,7 +153,30 @@ def implementation_paths(device_type: str = "cpu") -> dict[str, dict[str, str]]:
             "why": why,
         }
     paths["lookahead"] = _lookahead_path(device_type)
+    paths.update(_lean_paths(device_type))
     return paths
+
+
+def _lean_paths(device_type: str) -> dict[str, dict[str, str]]:
+    """The lean-state variants of the Adam family (``state=bf16/int8/int4``)."""
+    small, _ = compile_choice(SMALL_MODEL, device_type)
+    large, why = compile_choice(LARGE_MODEL, device_type)
+    chunked = "chunked"
+    if small != large:
+        why = f"compiled from {MIN_COMPILED_ELEMENTS / 1e6:g}M elements, where it pays"
+    return {
+        "state=bf16": {
+            "small": "compiled" if small else chunked,
+            "large": "compiled" if large else chunked,
+            "why": f"adam/adamw/amsgrad: one compiled pass over θ, g and the bf16 moments "
+            f"({why}); else, and for momentum/nesterov, torch ops over cache-sized chunks",
+        },
+        "state=int8/int4": {
+            "small": chunked, "large": chunked,
+            "why": "block-wise codes decoded and re-encoded by plain torch ops over "
+            "cache-sized chunks (no compiler needed)",
+        },
+    }
 
 
 #: why ``auto`` keeps Lookahead's k-th step unfused on CPU (benchmarks/optimizer_step.py)
