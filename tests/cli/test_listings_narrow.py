@@ -63,4 +63,5 @@ def test_json_listings_are_complete() -> None:
     assert tasks == json.loads(json.dumps(describe_tasks()))
     optimizers = json.loads(_printed(["optimizers", "--json"]))
     expected = json.loads(json.dumps([o.to_dict() for o in OPTIMIZERS.values()]))
-    assert [{k: v for k, v in o.items() if not k.startswith("cpu_path")} for o in optimizers] == expected
+    listed = [{k: v for k, v in o.items() if not k.startswith("cpu_path")} for o in optimizers]
+    assert listed == expected

@@ -46,7 +46,8 @@ def test_lookahead_paper_preset_states_the_published_claim_on_every_local_task()
     spec = preset("lookahead-paper")
     assert "byte-lm" in spec.tasks and "mnist1d-cnn" in spec.tasks and "digits-mlp" in spec.tasks
     assert {(c.optimizer, c.baseline) for c in spec.claims} == {
-        ("lookahead(adam)", "adam"), ("lookahead(momentum)", "momentum")}
+        ("lookahead(adam(lr=0.005))", "adam(lr=0.005)"),
+        ("lookahead(momentum(lr=0.05))", "momentum(lr=0.05)")}
     assert all(c.quantity == "steps_to_target" and (c.at_least, c.at_most) == (0.3, 0.5)
                for c in spec.claims)
     assert spec.metrics == ("nll", "ece", "shift_accuracy")

@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> None:
         "30-50%% faster than its inner optimizer on every built-in task without a download, "
         "the byte-level LM included (examples/lookahead-paper.toml); 'warmup-transformer' "
         "judges whether linear warmup makes Adam diverge less often and end lower on the "
-        "byte-level LM across lrs 3.3e-4..0.3 (examples/warmup-transformer.toml) (if unset: none)",
+        "byte-level LM across lrs 1e-3..0.9 (examples/warmup-transformer.toml) (if unset: none)",
     )
     p.add_argument(
         "--tasks", default=None, help="comma-separated task names (if unset: the spec's)"

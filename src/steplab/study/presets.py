@@ -29,9 +29,9 @@ paper's own setting. The same study is ``examples/lookahead-paper.toml``.
 warmup (Vaswani et al. 2017; Liu et al. 2020 explain it by Adam's early
 variance). Adam on the byte-level LM ``byte-lm``, without warmup and with
 linear warmup over the first :data:`WARMUP_STEPS` steps (an arm,
-:mod:`steplab.study.spec_arms`), each over the same 5 learning rates from
-3.3e-4 to 0.3 (below the LM's best Adam lr up to where it stops learning)
-at 4 tuning seeds: 20 paired (lr, seed) points per arm. Two
+:mod:`steplab.study.spec_arms`), each over the same 7 learning rates from
+1e-3 to 0.9 (from below the LM's best Adam lr to well past where it stops
+learning) at 4 tuning seeds: 28 paired (lr, seed) points per arm. Two
 claims: warmup lowers the **divergence rate** over that range (a run diverged
 when it stopped as diverged, went non-finite, or ended with a validation loss
 above :data:`UNIGRAM_NATS`, the byte-unigram entropy of the stdlib corpus's
@@ -65,6 +65,8 @@ __all__ = [
     "warmup_transformer_study_spec",
 ]
 
+#: the inner optimizers of the lookahead-paper preset, each at the center of its lr search
+_PAPER_ADAM, _PAPER_MOMENTUM = "adam(lr=0.005)", "momentum(lr=0.05)"
 #: the tasks of the lookahead-paper preset: every built-in one that needs no download
 LOOKAHEAD_PAPER_TASKS = ("mnist1d-logreg", "mnist1d-mlp", "mnist1d-cnn", "digits-mlp", "byte-lm")
 
@@ -116,17 +118,20 @@ def lookahead_paper_study_spec() -> StudySpec:
     """The ``lookahead-paper`` preset (see the module docstring).
 
     10 paired seeds (with 5, the exact sign-flip test of steps to target can
-    never reach p < 0.05: its smallest two-sided p is 2/2^5), 3 learning rates
-    searched per optimizer (selected on validation steps-to-target, what the
-    claims are about), each task's own steps and target; about 40 minutes on
-    2 CPU cores, most of it the LM. Shrink it with
+    never reach p < 0.05: its smallest two-sided p is 2/2^5), 5 learning rates
+    searched per optimizer over [c/10, 10c] around c = 0.005 for Adam and
+    0.05 for SGD with momentum (their defaults, 1e-3 and 1e-2, put every
+    task's best lr on the upper edge of the range), selected on validation
+    steps-to-target (what the claims are about), each task's own steps and
+    target; about 45 minutes on 2 CPU cores, most of it the LM. Shrink it with
     ``--tasks``, ``--steps``, ``--seeds`` and ``--budget``.
 
     >>> spec = lookahead_paper_study_spec()
-    >>> [c.at_least for c in spec.claims], spec.selection
-    ([0.3, 0.3], 'auto')
+    >>> [c.at_least for c in spec.claims], spec.selection, spec.optimizers[2]
+    ([0.3, 0.3], 'auto', 'adam(lr=0.005)')
     """
-    pairs = (("lookahead(adam)", "adam"), ("lookahead(momentum)", "momentum"))
+    pairs = ((f"lookahead({_PAPER_ADAM})", _PAPER_ADAM),
+             (f"lookahead({_PAPER_MOMENTUM})", _PAPER_MOMENTUM))
     claims = [
         {"optimizer": look, "baseline": base, "quantity": "steps_to_target", "at_least": 0.30,
          "at_most": 0.50, "text": f"{look} reaches the target 30-50% sooner than {base}"}
@@ -134,9 +139,10 @@ def lookahead_paper_study_spec() -> StudySpec:
     ]
     return StudySpec(
         tasks=LOOKAHEAD_PAPER_TASKS,
-        optimizers=("momentum", "lookahead(momentum)", "adam", "lookahead(adam)"),
+        optimizers=(_PAPER_MOMENTUM, f"lookahead({_PAPER_MOMENTUM})",
+                    _PAPER_ADAM, f"lookahead({_PAPER_ADAM})"),
         seeds=10,
-        budget=3,
+        budget=5,
         claims=claims,  # type: ignore[arg-type]  # parsed into Claim values
         metrics=("nll", "ece", "shift_accuracy"),
         trajectories=(),
@@ -147,22 +153,23 @@ def lookahead_paper_study_spec() -> StudySpec:
 UNIGRAM_NATS = 3.09
 #: linear warmup steps of the warmup-transformer preset's warmup arm (20% of its 300 steps)
 WARMUP_STEPS = 60
-_PLAIN, _WARM = "adam(lr=0.01)", "adam+warmup"
+_PLAIN, _WARM = "adam(lr=0.03)", "adam+warmup"
 
 
 def warmup_transformer_study_spec() -> StudySpec:
     """The ``warmup-transformer`` preset (see the module docstring).
 
-    300 steps per run (``byte-lm``'s default is 800), 5 learning rates
-    (3.3e-4 to 0.3: lr_span 30 around 0.01) x 4 tuning seeds searched per
-    arm, 8 final seeds: 56 runs, about 20 minutes on 2 idle CPU cores. The
-    range reaches 0.3, where Adam on this model stops learning with or
-    without warmup, and goes below the LM's best lr (3e-3 at 800 steps), so
-    it covers both the optimum and the edge of stability.
+    300 steps per run (``byte-lm``'s default is 800), 7 learning rates
+    (1e-3 to 0.9: lr_span 30 around 0.03) x 4 tuning seeds searched per
+    arm, 8 final seeds: 72 runs, about 20 minutes on 2 idle CPU cores. The
+    range goes past 0.3, where an earlier run found Adam on this model
+    stopping to learn with and without warmup, and below the LM's best lr
+    (3e-3 at 800 steps), so it covers both the optimum and the edge of
+    stability.
 
     >>> spec = warmup_transformer_study_spec()
     >>> spec.arm("adam+warmup"), [c.quantity for c in spec.claims]
-    (('adam(lr=0.01)', {'warmup_steps': 60}), ['divergence', 'final'])
+    (('adam(lr=0.03)', {'warmup_steps': 60}), ['divergence', 'final'])
     """
     claims = [
         {"optimizer": _WARM, "baseline": _PLAIN, "quantity": "divergence", "at_most": 0.0,
@@ -176,7 +183,7 @@ def warmup_transformer_study_spec() -> StudySpec:
         arms={_WARM: {"optimizer": _PLAIN, "warmup_steps": WARMUP_STEPS}},  # type: ignore[arg-type]
         baseline=_PLAIN,
         seeds=8,
-        budget=5,
+        budget=7,
         tuning_repeats=4,
         lr_span=30.0,
         steps=300,
