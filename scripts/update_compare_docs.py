@@ -47,7 +47,7 @@ def default_study_block(study_dir: Path, workers: int) -> str:
     from steplab.study.report_protocol import resolution_text
     from steplab.study.report_verdicts import claim_sentence
     from steplab.study.report_writers import environment
-    from steplab.study.spec import default_study_spec
+    from steplab.study.spec_load import default_study_spec
 
     result = run_study(default_study_spec(), study_dir, workers=workers, progress=False,
                        command="steplab compare")

@@ -9,7 +9,7 @@ import pytest
 from steplab.cli import main
 from steplab.errors import SpecError
 from steplab.study.presets import load_preset, preset
-from steplab.study.spec import load_study_spec
+from steplab.study.spec_load import load_study_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

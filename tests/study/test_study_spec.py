@@ -9,9 +9,8 @@ import pytest
 import tomllib
 
 from steplab.errors import SpecError
-from steplab.study.spec import (
-    DEFAULT_OPTIMIZERS,
-    StudySpec,
+from steplab.study.spec import DEFAULT_OPTIMIZERS, StudySpec
+from steplab.study.spec_load import (
     default_study_spec,
     load_study_spec,
     quick_study_spec,

@@ -133,7 +133,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from steplab.study.spec import split_names
+    from steplab.study.spec_load import split_names
 
     over: dict[str, Any] = {
         "seeds": args.seeds,
@@ -160,7 +160,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Load the spec, run the study, print the table and where the report is."""
     from steplab.study.compare import run_study
-    from steplab.study.spec import load_study_spec
+    from steplab.study.spec_load import load_study_spec
 
     if args.preset is not None:
         from steplab.errors import SpecError

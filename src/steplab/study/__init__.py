@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "StudySpec": "steplab.study.spec",
-    "load_study_spec": "steplab.study.spec",
+    "load_study_spec": "steplab.study.spec_load",
     "run_study": "steplab.study.compare",
     "StudyResult": "steplab.study.compare",
     "lr_range_test": "steplab.study.lr_find",
