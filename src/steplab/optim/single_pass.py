@@ -208,12 +208,19 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
             return False
     hp_at = kernel.hp_index
     written: list[Tensor] = []
+    variants: dict[tuple[Any, ...], list[Call]] = {}
     for call, flat in prepared:
         if flat:
-            kernel(*(t if t is None or i == hp_at else flat_alias(t) for i, t in enumerate(call)))
+            param = call[0]
+            assert param is not None
+            key = (tuple(t is None for t in call), param.dtype, param.device)
+            variants.setdefault(key, []).append(
+                tuple(t if t is None or i == hp_at else flat_alias(t) for i, t in enumerate(call)))
             written.extend(kernel.written(call))
         else:
             kernel.eager(*call)
+    for key, flat_calls in variants.items():
+        kernel.run(key, flat_calls)
     # the kernel wrote through aliases, which autograd does not see: bump the version
     # counters as torch's in-place ops do, so a tensor saved for backward is caught
     torch.autograd.graph.increment_version(written)

@@ -99,12 +99,15 @@ def compiled_sync(pairs: list[tuple[Tensor, Tensor]], alpha: float) -> bool:
             if not SYNC_KERNEL.ready(key, scratch, fast.device):
                 return False
     written: list[Tensor] = []
+    calls: dict[tuple[torch.dtype, torch.device], list[tuple[Tensor, Tensor, Tensor]]] = {}
     for fast, slow in pairs:
-        hp = hps[(fast.dtype, fast.device)]
+        key = (fast.dtype, fast.device)
         if fast.is_contiguous() and slow.is_contiguous() and fast.numel() > 0:
-            SYNC_KERNEL(flat_alias(fast), flat_alias(slow), hp)
+            calls.setdefault(key, []).append((flat_alias(fast), flat_alias(slow), hps[key]))
             written += (fast, slow)
         else:
-            sync_update(fast, slow, hp)
+            sync_update(fast, slow, hps[key])
+    for key, group in calls.items():
+        SYNC_KERNEL.run(key, group)
     torch.autograd.graph.increment_version(written)  # the aliases' writes, seen by autograd
     return True
