@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import steplab.optim.lean as lean
@@ -31,6 +31,9 @@ def _problem(shapes: list[tuple[int, ...]], seed: int) -> tuple[list[np.ndarray]
 
 
 @settings(max_examples=12, deadline=None)
+# drift 2.4e-3 = 2.4 lr over 40 steps, which failed the old int8 bound of 2 lr (CI flake):
+# one code on the other side of a rounding boundary early on, then free-running apart
+@example(name="nesterov", kind="int8", lr=1e-3, wd=0.1, big=(3, 1500), seed=4100, min_size=4096)
 @given(name=st.sampled_from(NAMES), kind=st.sampled_from(KINDS),
        lr=st.sampled_from([1e-3, 1e-2]), wd=st.sampled_from([0.0, 0.1]),
        big=st.sampled_from([(64, 80), (4096,), (3, 1500)]), seed=st.integers(0, 2**16),
@@ -57,7 +60,9 @@ def test_lean_update_agrees_with_numpy_reference_over_many_steps(
         opt.step()
         thetas64 = [rule.step(th, 0.1 * th + noise[t])
                     for rule, th, noise in zip(rules, thetas64, noises, strict=True)]
-    tol = {"bf16": 1e-2, "int8": 5e-2, "int4": 3e-1}[kind]
+    # a wrong rule drifts by about lr per step (40 lr here); quantisation alone moves a
+    # free-running trajectory by up to a few lr (int8: 0.73% of a block's absmax per code)
+    tol = {"bf16": 1e-2, "int8": 1e-1, "int4": 3e-1}[kind]
     for p, th in zip(params, thetas64, strict=True):
         drift = np.abs(p.detach().numpy() - th).max()
         assert drift <= tol * lr * STEPS, (name, kind, drift)

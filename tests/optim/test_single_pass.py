@@ -254,3 +254,20 @@ def test_kernels_cache_under_steplabs_directory_unless_a_person_chose_one(
     assert compiler.inductor_cache_dir() == tmp_path / "steplab" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compiler.inductor_cache_dir() == tmp_path / "mine"
+
+
+def test_auto_keeps_torch_for_many_small_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compiled call costs ~30 us per tensor group: many small tensors stay on torch's path."""
+    from steplab.optim.paths import MIN_MEAN_TENSOR_ELEMENTS, compile_choice, single_pass_choice
+
+    monkeypatch.setenv("STEPLAB_COMPILE", "auto")
+    elements = 2_000_000
+    small = elements // MIN_MEAN_TENSOR_ELEMENTS + 1  # mean just under the limit
+    take, why = single_pass_choice("rmsprop", elements, "cpu", tensors=small)
+    assert not take and "average" in why
+    at_limit = compile_choice(elements, "cpu", tensors=elements // MIN_MEAN_TENSOR_ELEMENTS)
+    assert "average" not in at_limit[1]  # from here only the compiler's presence decides
+    params = [torch.nn.Parameter(torch.zeros(4096)) for _ in range(300)]  # 1.2M elements
+    assert type(create_optimizer("rmsprop", params)) is torch.optim.RMSprop
+    monkeypatch.setenv("STEPLAB_COMPILE", "always")
+    assert single_pass_choice("rmsprop", elements, "cpu", tensors=small)[1] != why

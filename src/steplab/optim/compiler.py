@@ -33,6 +33,7 @@ import functools
 import inspect
 import os
 import time
+import types
 import warnings
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
@@ -55,7 +56,8 @@ CACHE_ENV = "STEPLAB_CACHE_DIR"
 #: compiled call (about 30 µs: guards, wrappers) is paid once per group instead of once
 #: per tensor, which measured 14% of an 8M-element RMSprop step over 20 tensors
 GROUP_SIZE = 8
-#: the torch.compile backend (a test swaps in one that fails, to check the fallback)
+#: the torch.compile backend of kernels created from now on (a test swaps in one that
+#: fails, to check the fallback; kernels already made keep theirs)
 BACKEND: str | Callable[..., Any] = "inductor"
 
 
@@ -186,6 +188,27 @@ def _static(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _grouped(fn: Callable[..., None], arity: int, hp_index: int) -> Callable[..., None]:
+    """``fn`` over GROUP_SIZE calls, as a function with a code object of its own.
+
+    The calls come without their hyperparameters, which are the rows of one stacked
+    tensor (calls sharing a hyperparameter tensor would otherwise be aliased inputs,
+    a recompile). Dynamo keeps its compiled graphs, and its recompile limit, per code
+    object: one shared by every kernel would reach the limit across kernels.
+    """
+    width = arity - 1
+
+    def grouped(hps: torch.Tensor, *args: Any) -> None:
+        for i in range(GROUP_SIZE):
+            call = list(args[i * width:(i + 1) * width])
+            call.insert(hp_index, hps[i])
+            fn(*call)
+
+    code = grouped.__code__.replace(co_name=f"grouped_{fn.__name__}")
+    return types.FunctionType(code, grouped.__globals__, code.co_name, None,
+                              grouped.__closure__)
+
+
 class CompiledKernel:
     """One update function, compiled on first use per (variant, dtype, device).
 
@@ -224,17 +247,10 @@ class CompiledKernel:
         self._compiled: Callable[..., None] | None = None
         self._warned = False
         self._arity = len(inspect.signature(fn).parameters)
+        self._backend = BACKEND
+        self._grouped = _grouped(fn, self._arity, hp_index)
         self._pads: dict[Hashable, list[tuple[Any, ...]]] = {}
 
-    def _grouped(self, hps: torch.Tensor, *args: Any) -> None:
-        """``fn`` on GROUP_SIZE calls: ``args`` without their hyperparameters, which are
-        the rows of ``hps`` (one stacked tensor, so calls sharing one hyperparameter
-        tensor never present dynamo with aliased inputs and a recompile)."""
-        width = self._arity - 1
-        for i in range(GROUP_SIZE):
-            call = list(args[i * width:(i + 1) * width])
-            call.insert(self.hp_index, hps[i])
-            self.eager(*call)
 
     def ready(self, key: Hashable, example: tuple[Any, ...], device: torch.device) -> bool:
         """Compile the variant ``key`` by calling it once on ``example`` scratch tensors.
@@ -295,7 +311,7 @@ class CompiledKernel:
 
         if self._compiled is None:
             self._compiled = torch.compile(
-                self._grouped, backend=BACKEND, dynamic=True, fullgraph=True
+                self._grouped, backend=self._backend, dynamic=True, fullgraph=True
             )
         from torch._inductor import config as inductor_config
 

@@ -169,7 +169,8 @@ def _with_single_pass(
     devices = {p.device.type for p in params}
     if len(devices) != 1:
         return cls
-    take, _ = single_pass_choice(spec.name, sum(p.numel() for p in params), devices.pop())
+    take, _ = single_pass_choice(spec.name, sum(p.numel() for p in params), devices.pop(),
+                                 len(params))
     return single if take else cls
 
 

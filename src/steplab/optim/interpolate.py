@@ -118,7 +118,7 @@ def run_sync(blocks: Blocks, alpha: float) -> None:
         device_type = blocks[0][0][0].device.type
         if compile_mode() != "never" and (device_type != "cpu" or compile_mode() == "always"):
             pairs = [(f, s) for fb, sb in blocks for f, s in zip(fb, sb, strict=True)]
-            take, _ = sync_choice(sum(f.numel() for f, _ in pairs), device_type)
+            take, _ = sync_choice(sum(f.numel() for f, _ in pairs), device_type, len(pairs))
             if take and compiled_sync(pairs, alpha):
                 return
     for fast_block, slow_block in blocks:

@@ -130,7 +130,8 @@ class LeanAdam(LeanOptimizer):
         held = [p for g in self.param_groups for p in g["params"]]
         #: bf16 groups take the single-pass compiled step (decided once: same spec, same path)
         self._compile = any(g["state"] == "bf16" for g in self.param_groups) and bool(
-            held) and compile_choice(sum(p.numel() for p in held), held[0].device.type)[0]
+            held) and compile_choice(sum(p.numel() for p in held), held[0].device.type,
+                                     len(held))[0]
 
     def _compiled_call(self, group: dict[str, Any], p: Tensor, step: float,
                        hps: dict[tuple[int, float], Tensor]) -> Call | None:

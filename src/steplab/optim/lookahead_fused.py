@@ -272,7 +272,7 @@ def fused_sync_step(
     params = [p for _, ps in groups for p in ps]
     devices = {p.device.type for p in params}
     if len(devices) != 1 or not fused_step_choice(sum(p.numel() for p in params),
-                                                  devices.pop())[0]:
+                                                  devices.pop(), len(params))[0]:
         return False
     plan = _plan(inner, state, groups)
     if plan is None or not plan[0]:

@@ -26,7 +26,12 @@ import torch
 from torch import Tensor
 
 from steplab.optim.compiler import CompiledKernel
-from steplab.optim.paths import COMPILE_ENV, MIN_COMPILED_ELEMENTS, compile_mode
+from steplab.optim.paths import (
+    COMPILE_ENV,
+    MIN_COMPILED_ELEMENTS,
+    MIN_MEAN_TENSOR_ELEMENTS,
+    compile_mode,
+)
 from steplab.optim.single_pass import flat_alias
 
 __all__ = ["SYNC_KERNEL", "compiled_sync", "sync_choice", "sync_update"]
@@ -48,12 +53,13 @@ def sync_update(fast: Tensor, slow: Tensor, hp: Tensor) -> None:
 SYNC_KERNEL = CompiledKernel("lookahead sync", sync_update, hp_index=2)
 
 
-def sync_choice(elements: int, device_type: str) -> tuple[bool, str]:
+def sync_choice(elements: int, device_type: str, tensors: int = 1) -> tuple[bool, str]:
     """Whether a sync over ``elements`` on ``device_type`` takes the compiled pass, and why.
 
     Args:
         elements: elements the sync covers.
         device_type: where they live.
+        tensors: how many tensors hold them.
 
     Returns:
         ``(take_it, reason)``.
@@ -70,6 +76,8 @@ def sync_choice(elements: int, device_type: str) -> tuple[bool, str]:
         return False, "blocked foreach is one pass on CPU"
     if mode == "auto" and elements < MIN_COMPILED_ELEMENTS:
         return False, f"below {MIN_COMPILED_ELEMENTS / 1e6:g}M elements the compile does not pay"
+    if mode == "auto" and elements < MIN_MEAN_TENSOR_ELEMENTS * max(tensors, 1):
+        return False, f"tensors of under {MIN_MEAN_TENSOR_ELEMENTS:,} elements on average"
     return True, f"{COMPILE_ENV}={mode}"
 
 
