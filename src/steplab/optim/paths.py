@@ -196,19 +196,15 @@ def _lean_paths(device_type: str) -> dict[str, dict[str, str]]:
     }
 
 
-#: why ``auto`` keeps Lookahead's k-th step unfused on CPU (benchmarks/optimizer_step.py)
-CPU_UNFUSED_WHY = (
-    "on CPU the compiled k-th step measured slower than torch's fused AdamW then the "
-    "blocked sync (inductor's C++ loop runs below the fused kernel's bandwidth)"
-)
-
-
 def fused_step_choice(elements: int, device_type: str = "cpu", tensors: int = 1
                       ) -> tuple[bool, str]:
     """Whether Lookahead(Adam/AdamW) fuses its k-th step with the sync here, and why.
 
-    :func:`compile_choice`'s rule, except that ``auto`` keeps the unfused step
-    on CPU, where it measured faster; ``always`` fuses there too.
+    :func:`compile_choice`'s rule. On CPU the fused k-th step measured 1.12x
+    fused AdamW over whole k=5 cycles against 1.21x for torch's step then the
+    blocked sync (8M elements in 20 tensors, ``docs/benchmarks.md``), once a
+    compiled invocation covered 8 tensors; before that, one invocation per
+    tensor made it no faster and ``auto`` kept CPU unfused.
 
     Args:
         elements: parameter elements the Lookahead holds.
@@ -220,12 +216,9 @@ def fused_step_choice(elements: int, device_type: str = "cpu", tensors: int = 1
 
     Example:
         >>> import os
-        >>> mode = os.environ.get("STEPLAB_COMPILE", "auto")
-        >>> mode != "auto" or fused_step_choice(10**8)[1].startswith("on CPU the compiled")
-        True
+        >>> os.environ.get("STEPLAB_COMPILE", "auto") != "auto" or fused_step_choice(10**4)
+        (False, 'below 1M parameter elements the compile does not pay')
     """
-    if compile_mode() == "auto" and device_type == "cpu":
-        return False, CPU_UNFUSED_WHY
     return compile_choice(elements, device_type, tensors)
 
 
@@ -237,10 +230,10 @@ def _lookahead_path(device_type: str) -> dict[str, str]:
     if not large:
         return {"small": unfused, "large": unfused, "why": why}
     if small != large:
-        why = f"from {MIN_COMPILED_ELEMENTS / 1e6:g}M elements, where the compile pays"
+        why = _PAYS
     return {
         "small": "fused k-th step" if small else unfused,
         "large": "fused k-th step",
         "why": f"around adam/adamw/amsgrad the k-th step and the sync are one compiled pass"
-        f" (36 bytes/element, not 28 + 16) {why}; other inner rules: inner, then sync",
+        f" (36 bytes/element, not 28 + 16), {why}; other inner rules: inner, then sync",
     }
