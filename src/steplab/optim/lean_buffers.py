@@ -52,15 +52,17 @@ CODES, ABSMAX = "_codes", "_absmax"
 @cache
 def qmap_for(name: str, bits: int) -> QuantMap:
     """The map a buffer is quantised with: dynamic signed for first moments and momentum,
-    dynamic unsigned (8-bit) or zero plus 15 linear levels, zero only for an exact
-    zero (4-bit), for second moments.
+    dynamic unsigned (8-bit) or zero plus 15 linear levels (4-bit) for second
+    moments, where only an exact zero gets code 0.
 
     >>> qmap_for("exp_avg_sq", 4).signed, qmap_for("exp_avg", 4).signed
     (False, True)
     """
     if name not in SECOND_MOMENTS:
         return QuantMap.dynamic(signed=True, bits=bits)
-    return QuantMap.dynamic(signed=False, bits=8) if bits == 8 else QuantMap.zero_and_linear(4)
+    if bits == 8:  # a positive second moment never decodes to 0 (m / (√0 + ε) explodes)
+        return QuantMap.dynamic(signed=False, bits=8, zero_exact=True)
+    return QuantMap.zero_and_linear(4)
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,8 @@ def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray
     ``y = x / (absmax · 2^-14)`` in float32, rounded to float16; the code is
     the nearest magnitude to ``|y| · 2^-14`` (brute force, ties to the
     smaller), the sign of ``y`` in the top bit for signed maps, code 0 for NaN
-    (an all-zero block). For 4-bit second moments only an exact zero gets
-    code 0: a positive value takes at least code 1.
+    (an all-zero block). For second moments only an exact zero gets code 0:
+    a positive value takes at least code 1.
     """
     mags, signed = magnitudes(name, bits)
     block = _BLOCK[bits]
@@ -71,7 +71,7 @@ def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray
     u = np.nan_to_num(np.abs(half.astype(np.float64)).ravel() * 2.0**-14, nan=0.0)
     codes = np.concatenate([np.abs(u[i: i + 4096, None] - mags.astype(np.float64)).argmin(axis=1)
                             for i in range(0, u.size, 4096)]).reshape(y.shape)
-    if name in _SECOND and bits == 4:
+    if name in _SECOND:  # only an exact zero gets code 0 (the zero-point problem)
         codes = np.where(y > 0, np.maximum(codes, 1), codes)
     if signed:
         codes = codes | (np.signbit(half) & ~np.isnan(half)).astype(np.int64) << (bits - 1)
