@@ -246,9 +246,8 @@ class CompiledKernel:
         self.compile_seconds: dict[Hashable, float] = {}
         self._compiled: Callable[..., None] | None = None
         self._warned = False
-        self._arity = len(inspect.signature(fn).parameters)
         self._backend = BACKEND
-        self._grouped = _grouped(fn, self._arity, hp_index)
+        self._grouped = _grouped(fn, len(inspect.signature(fn).parameters), hp_index)
         self._pads: dict[Hashable, list[tuple[Any, ...]]] = {}
 
 
@@ -355,10 +354,6 @@ class CompiledKernel:
                                        for i in range(GROUP_SIZE - 1)]
                 group = group + self._pads[key][:GROUP_SIZE - len(group)]
             self._invoke(group)
-
-    def __call__(self, key: Hashable, *args: Any) -> None:
-        """Run one call of the compiled variant ``key`` (call :meth:`ready` for it first)."""
-        self.run(key, [args])
 
     def written(self, call: tuple[Any, ...]) -> list[torch.Tensor]:
         """The tensors among a call's arguments that the kernel updates in place.

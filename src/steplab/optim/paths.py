@@ -36,6 +36,7 @@ __all__ = [
     "MIN_COMPILED_ELEMENTS",
     "MIN_MEAN_TENSOR_ELEMENTS",
     "SINGLE_PASS_RULES",
+    "auto_size_problem",
     "compile_choice",
     "fused_step_choice",
     "single_pass_choice",
@@ -89,6 +90,22 @@ def single_pass_choice(name: str, elements: int, device_type: str = "cpu", tenso
     return compile_choice(elements, device_type, tensors)
 
 
+def auto_size_problem(elements: int, tensors: int = 1) -> str | None:
+    """Why ``auto`` does not compile for ``elements`` in ``tensors`` tensors, or None.
+
+    >>> auto_size_problem(10**7, tensors=10**4).startswith("tensors of under 8,192 elements")
+    True
+    >>> auto_size_problem(10**7, tensors=20) is None
+    True
+    """
+    if elements < MIN_COMPILED_ELEMENTS:
+        return f"below {MIN_COMPILED_ELEMENTS / 1e6:g}M parameter elements the compile does not pay"
+    if elements < MIN_MEAN_TENSOR_ELEMENTS * max(tensors, 1):
+        return (f"tensors of under {MIN_MEAN_TENSOR_ELEMENTS:,} elements on average: "
+                "the per-tensor cost of a compiled call does not pay")
+    return None
+
+
 def compile_choice(elements: int, device_type: str = "cpu", tensors: int = 1
                    ) -> tuple[bool, str]:
     """Whether a compiled kernel over ``elements`` parameter elements pays here, and why.
@@ -114,12 +131,9 @@ def compile_choice(elements: int, device_type: str = "cpu", tensors: int = 1
     mode = compile_mode()
     if mode == "never":
         return False, f"{COMPILE_ENV}=never"
-    if mode == "auto" and elements < MIN_COMPILED_ELEMENTS:  # before importing inductor
-        limit = f"{MIN_COMPILED_ELEMENTS / 1e6:g}M"
-        return False, f"below {limit} parameter elements the compile does not pay"
-    if mode == "auto" and elements < MIN_MEAN_TENSOR_ELEMENTS * max(tensors, 1):
-        return False, (f"tensors of under {MIN_MEAN_TENSOR_ELEMENTS:,} elements on average: "
-                       "the per-tensor cost of a compiled call does not pay")
+    small = auto_size_problem(elements, tensors) if mode == "auto" else None
+    if small is not None:  # before importing inductor
+        return False, small
     problem = compiler_problem(device_type)
     if problem is not None:
         return False, problem

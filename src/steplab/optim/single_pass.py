@@ -198,28 +198,28 @@ def run_single_pass(kernel: CompiledKernel, calls: list[Call]) -> bool:
     Returns:
         True when the step was taken here.
     """
-    prepared = [_as_real(call, kernel.hp_index) for call in calls]
-    for call, flat in prepared:
+    hp_at = kernel.hp_index
+    variants: dict[tuple[Any, ...], list[Call]] = {}  # flat calls by compiled variant
+    eager: list[Call] = []
+    for call, flat in (_as_real(call, hp_at) for call in calls):
         param = call[0]
         assert param is not None
+        if not flat:
+            eager.append(call)
+            continue
         key = (tuple(t is None for t in call), param.dtype, param.device)
-        compiled = key in kernel.compile_seconds  # scratch tensors only for a first compile
-        if flat and not compiled and not kernel.ready(key, kernel.scratch(call), param.device):
-            return False
-    hp_at = kernel.hp_index
-    written: list[Tensor] = []
-    variants: dict[tuple[Any, ...], list[Call]] = {}
-    for call, flat in prepared:
-        if flat:
-            param = call[0]
-            assert param is not None
-            key = (tuple(t is None for t in call), param.dtype, param.device)
-            variants.setdefault(key, []).append(
-                tuple(t if t is None or i == hp_at else flat_alias(t) for i, t in enumerate(call)))
-            written.extend(kernel.written(call))
-        else:
-            kernel.eager(*call)
-    for key, flat_calls in variants.items():
+        if key not in variants:
+            compiled = key in kernel.compile_seconds  # scratch tensors only for a first compile
+            if not compiled and not kernel.ready(key, kernel.scratch(call), param.device):
+                return False
+            variants[key] = []
+        variants[key].append(call)
+    for call in eager:
+        kernel.eager(*call)
+    written = [t for group in variants.values() for call in group for t in kernel.written(call)]
+    for key, group in variants.items():
+        flat_calls = [tuple(t if t is None or i == hp_at else flat_alias(t)
+                            for i, t in enumerate(call)) for call in group]
         kernel.run(key, flat_calls)
     # the kernel wrote through aliases, which autograd does not see: bump the version
     # counters as torch's in-place ops do, so a tensor saved for backward is caught

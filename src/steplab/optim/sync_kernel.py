@@ -26,12 +26,7 @@ import torch
 from torch import Tensor
 
 from steplab.optim.compiler import CompiledKernel
-from steplab.optim.paths import (
-    COMPILE_ENV,
-    MIN_COMPILED_ELEMENTS,
-    MIN_MEAN_TENSOR_ELEMENTS,
-    compile_mode,
-)
+from steplab.optim.paths import COMPILE_ENV, auto_size_problem, compile_mode
 from steplab.optim.single_pass import flat_alias
 
 __all__ = ["SYNC_KERNEL", "compiled_sync", "sync_choice", "sync_update"]
@@ -74,10 +69,9 @@ def sync_choice(elements: int, device_type: str, tensors: int = 1) -> tuple[bool
         return False, f"{COMPILE_ENV}=never"
     if mode == "auto" and device_type == "cpu":
         return False, "blocked foreach is one pass on CPU"
-    if mode == "auto" and elements < MIN_COMPILED_ELEMENTS:
-        return False, f"below {MIN_COMPILED_ELEMENTS / 1e6:g}M elements the compile does not pay"
-    if mode == "auto" and elements < MIN_MEAN_TENSOR_ELEMENTS * max(tensors, 1):
-        return False, f"tensors of under {MIN_MEAN_TENSOR_ELEMENTS:,} elements on average"
+    small = auto_size_problem(elements, tensors) if mode == "auto" else None
+    if small is not None:
+        return False, small
     return True, f"{COMPILE_ENV}={mode}"
 
 
