@@ -245,11 +245,17 @@ def _complete_info(task: Task) -> dict[str, Any]:
     """
     info = getattr(task, "info", None)
     given = info() if callable(info) else {}
-    base = task_info(task, None)
     if not isinstance(given, dict):
-        return base
+        given = {}
+    if set(given) >= _FIELDS and all(isinstance(given[k], dict) for k in ("target", "defaults")):
+        return given  # the built-ins: complete, no second model to build
+    base = task_info(task, None)
     merged = {**base, **given}
     for key in ("target", "defaults"):
         if not isinstance(merged[key], dict):
             merged[key] = base[key]
     return merged
+
+
+#: the fields ``steplab tasks`` lists
+_FIELDS = frozenset({"name", "description", "sizes", "n_params", "target", "defaults"})
