@@ -145,10 +145,12 @@ def test_block_absmax_is_kept_exactly() -> None:
 
 
 @pytest.mark.parametrize(("name", "bits"), BUFFERS)
-def test_codec_chunks_equal_the_whole_tensor(name: str, bits: int) -> None:
-    """Encoding chunk by chunk through one reused BlockCodec gives the whole tensor's codes."""
+@pytest.mark.parametrize("numel", [5000, 5001])
+def test_codec_chunks_equal_the_whole_tensor(name: str, bits: int, numel: int) -> None:
+    """Encoding chunk by chunk through one reused BlockCodec gives the whole tensor's codes
+    (an odd last chunk included)."""
     qmap = qmap_for(name, bits)
-    x = torch.randn(5000) * torch.logspace(-6, 2, 5000)
+    x = torch.randn(numel) * torch.logspace(-6, 2, numel)
     x = x if qmap.signed else x.abs()
     codes, absmax = quantize_blockwise(x, qmap)
     chunk, scratch = 1024, Scratch.allocate(1024)
@@ -156,12 +158,53 @@ def test_codec_chunks_equal_the_whole_tensor(name: str, bits: int) -> None:
     got, scales = [], []
     for piece in x.split(chunk):
         n = piece.numel()
-        codec = BlockCodec(qmap, buffer[: -(-n // qmap.block) * qmap.block], n, scratch)
-        codec.valid.copy_(piece)
+        codec = BlockCodec([qmap], buffer, n, scratch)
+        codec.values[0].copy_(piece)
         out = torch.empty(qmap.packed_numel(n), dtype=torch.uint8)
         scale = torch.empty(qmap.blocks(n), 1)
-        codec.encode(out, scale)
+        codec.encode([(out, scale)])
         got.append(out)
         scales.append(scale.view(-1))
-        assert torch.equal(codec.decode(out, scale), dequantize_blockwise(out, scale, qmap, n))
+        decoded = codec.decode([(out, scale)])[0]
+        assert torch.equal(decoded, dequantize_blockwise(out, scale, qmap, n))
     assert torch.equal(torch.cat(got), codes) and torch.equal(torch.cat(scales), absmax)
+
+
+@settings(max_examples=40, deadline=None)
+@given(numel=st.integers(1, 1500), bits=st.sampled_from([8, 4]), amsgrad=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_one_codec_for_several_buffers_equals_each_buffer_alone(numel: int, bits: int,
+                                                                amsgrad: bool, seed: int) -> None:
+    """A parameter's moments coded in one work area (one torch call per pass for all of
+    them) give each buffer's own codes and values, whatever the chunk's length."""
+    names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
+    qmaps = [qmap_for(name, bits) for name in names]
+    gen = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(numel, generator=gen) * 10.0 ** torch.empty(numel).uniform_(-9, 2,
+                                                                               generator=gen)
+          for _ in names]
+    xs = [x if q.signed else x.abs() for x, q in zip(xs, qmaps, strict=True)]
+    xs[0][: numel // 3] = 0.0
+    total = qmaps[0].blocks(numel) * qmaps[0].block
+    codec = BlockCodec(qmaps, torch.full((len(names) * total + 7,), float("nan")), numel,
+                       Scratch.allocate(total, buffers=len(names)))
+    pieces = [(torch.empty(q.packed_numel(numel), dtype=torch.uint8),
+               torch.empty(q.blocks(numel), 1)) for q in qmaps]
+    for row, x in zip(codec.values, xs, strict=True):
+        row.copy_(x)
+    codec.encode(pieces)
+    decoded = [v.clone() for v in codec.decode(pieces)]
+    for x, q, (codes, absmax), back in zip(xs, qmaps, pieces, decoded, strict=True):
+        want_codes, want_absmax = quantize_blockwise(x, q)
+        assert torch.equal(codes, want_codes) and torch.equal(absmax.view(-1), want_absmax)
+        assert torch.equal(back, dequantize_blockwise(want_codes, want_absmax, q, numel))
+
+
+def test_codec_rejects_mixed_widths_and_unsigned_before_signed() -> None:
+    scratch = Scratch.allocate(256, buffers=2)
+    with pytest.raises(ValueError, match="one code width, signed maps first"):
+        BlockCodec([qmap_for("exp_avg", 8), qmap_for("exp_avg_sq", 4)], torch.empty(512), 256,
+                   scratch)
+    with pytest.raises(ValueError, match="one code width, signed maps first"):
+        BlockCodec([qmap_for("exp_avg_sq", 8), qmap_for("exp_avg", 8)], torch.empty(512), 256,
+                   scratch)

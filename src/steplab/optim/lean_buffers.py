@@ -132,7 +132,8 @@ class LeanBuffer:
 
         ``chunk`` and ``start`` are multiples of 256. Each piece is ``(values,)``
         for fp32/bf16, else ``(codes, absmax)`` with ``absmax`` shaped
-        ``(blocks, 1)`` as :class:`BlockCodec` takes it.
+        ``(blocks, 1)`` as :class:`BlockCodec` takes it, and for 8-bit codes of
+        an even count a third view, the codes' pairs as uint16.
         """
         stop = self.numel if stop is None else stop
         if self.form in ("fp32", "bf16"):
@@ -140,13 +141,14 @@ class LeanBuffer:
         q = self.qmap
         codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
         absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
-        return list(zip(codes.split(q.packed_numel(chunk)),
-                        absmax.view(-1, 1).split(chunk // q.block), strict=True))
+        split = (codes.split(q.packed_numel(chunk)), absmax.view(-1, 1).split(chunk // q.block))
+        if q.bits == 8 and codes.numel() % 2 == 0:
+            split += (codes.view(torch.uint16).split(chunk // 2),)
+        return list(zip(*split, strict=True))
 
     def codec(self, out: Tensor, length: int, scratch: Scratch) -> BlockCodec:
-        """A codec for chunks of ``length`` elements decoded into ``out`` (quantised forms)."""
-        q = self.qmap
-        return BlockCodec(q, out[: -(-length // q.block) * q.block], length, scratch)
+        """A codec for this buffer alone, chunks of ``length`` elements decoded into ``out``."""
+        return BlockCodec([self.qmap], out, length, scratch)
 
     def load(self, state: dict[str, Any], out: Tensor, scratch: Scratch) -> Tensor:
         """The whole buffer as float32: the fp32 state itself, else decoded into ``out``
@@ -157,7 +159,7 @@ class LeanBuffer:
         if self.form == "bf16":
             return out[: self.numel].copy_(state[self.name].view(-1))
         (piece,) = self.pieces(state, out.numel())
-        return self.codec(out, self.numel, scratch).decode(*piece)
+        return self.codec(out, self.numel, scratch).decode([piece])[0]
 
     def store(self, state: dict[str, Any], out: Tensor, scratch: Scratch) -> None:
         """Write the whole buffer back from ``out`` (as :meth:`load` left it, updated);
@@ -166,17 +168,33 @@ class LeanBuffer:
             state[self.name].view(-1).copy_(out[: self.numel])
         elif self.form != "fp32":
             (piece,) = self.pieces(state, out.numel())
-            self.codec(out, self.numel, scratch).encode(*piece)
+            self.codec(out, self.numel, scratch).encode([piece])
 
 
 @dataclass
 class Workspace:
-    """Float32 scratch for one chunk: one buffer per moment, parameter and gradient copies."""
+    """Float32 scratch for one chunk: the moments' rows, parameter and gradient copies.
 
-    moments: list[Tensor]
+    Attributes:
+        values: ``count`` rows of ``chunk`` elements, flat (a quantised chunk of
+            ``n`` elements uses its first ``count`` rows of ``n`` rounded up to
+            whole blocks, so one torch call spans every moment).
+        count: moments per parameter (at most).
+        param: a float32 copy of a bf16/fp16 parameter's chunk (else empty).
+        grad: likewise its gradient.
+        scratch: the quantiser's buffers (quantised forms only).
+    """
+
+    values: Tensor
+    count: int
     param: Tensor
     grad: Tensor
     scratch: Scratch | None
+
+    @property
+    def moments(self) -> list[Tensor]:
+        """One ``chunk``-element row of :attr:`values` per moment."""
+        return list(self.values.view(self.count, -1))
 
     @classmethod
     def allocate(cls, chunk: int, n_moments: int, low_precision: bool, quantised: bool,
@@ -184,32 +202,31 @@ class Workspace:
         """Buffers for chunks of ``chunk`` elements (parameter copies only for bf16/fp16
         parameters, the quantiser's scratch only for quantised forms)."""
         extra = chunk if low_precision else 0
-        return cls([torch.empty(chunk, device=device) for _ in range(n_moments)],
+        return cls(torch.empty(n_moments * chunk, device=device), n_moments,
                    torch.empty(extra, device=device), torch.empty(extra, device=device),
-                   Scratch.allocate(chunk, device) if quantised else None)
+                   Scratch.allocate(chunk, device, n_moments) if quantised else None)
 
 
 def load_chunk(form: str, pieces: list[tuple[Tensor, ...]], n: int, outs: list[Tensor],
-               codecs: dict[int, list[BlockCodec]]) -> list[Tensor]:
+               codecs: dict[int, BlockCodec]) -> list[Tensor]:
     """One chunk's ``n`` moments as float32: the fp32 state itself, or converted or
-    decoded into ``outs`` (``codecs[n]``: one codec per buffer, quantised forms)."""
+    decoded into ``outs`` (``codecs[n]``: the codec of every buffer, quantised forms)."""
     if form == "fp32":
         return [piece[0] for piece in pieces]
     if form == "bf16":  # one call converts every moment
         moments = [out[:n] for out in outs]
         torch._foreach_copy_(moments, [piece[0] for piece in pieces])
         return moments
-    return [codec.decode(*piece) for codec, piece in zip(codecs[n], pieces, strict=True)]
+    return codecs[n].decode(pieces)  # type: ignore[arg-type]
 
 
 def store_chunk(form: str, pieces: list[tuple[Tensor, ...]], moments: list[Tensor],
-                codecs: dict[int, list[BlockCodec]]) -> None:
+                codecs: dict[int, BlockCodec]) -> None:
     """Write one chunk's updated moments (from :func:`load_chunk`) back into the state."""
     if form == "bf16":
         torch._foreach_copy_([piece[0] for piece in pieces], moments)
     elif form != "fp32":
-        for codec, piece in zip(codecs[moments[0].numel()], pieces, strict=True):
-            codec.encode(*piece)
+        codecs[moments[0].numel()].encode(pieces)  # type: ignore[arg-type]
 
 
 def read_buffer(state: dict[str, Any], name: str, numel: int) -> Tensor | None:

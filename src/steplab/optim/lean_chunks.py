@@ -100,13 +100,13 @@ class LeanOptimizer(torch.optim.Optimizer):
         return {b.form for g in self.param_groups for p in g["params"]
                 for b in self._buffers(g, p)}
 
-    def _per_element(self) -> int:
+    def _per_element(self) -> float:
         """Scratch bytes per chunk element: float32 moments, the quantiser's work
         buffers, and float32 copies of a low-precision parameter and its gradient."""
         forms = self._forms()
-        per_element = 4 * len(self.buffer_names)
+        per_element = 4.0 * len(self.buffer_names)
         if forms & {"int8", "int4"}:
-            per_element += Scratch.bytes_per_element()
+            per_element += len(self.buffer_names) * Scratch.bytes_per_element()
         if any(p.dtype in _LOW_PRECISION for g in self.param_groups for p in g["params"]):
             per_element += 8
         return per_element
@@ -115,7 +115,7 @@ class LeanOptimizer(torch.optim.Optimizer):
         """Bytes of the scratch one :meth:`step` allocates (its peak extra memory)."""
         largest = max((p.numel() for g in self.param_groups for p in g["params"]), default=0)
         chunk = min(self._chunk(), -(-largest // _ALIGN) * _ALIGN)
-        return chunk * self._per_element()
+        return math.ceil(chunk * self._per_element())
 
     def _chunk(self) -> int:
         """Elements per chunk: cache-sized, and within ``PEAK_FRACTION`` of the state."""
@@ -141,11 +141,10 @@ class LeanOptimizer(torch.optim.Optimizer):
         comp = state.get("kahan_comp")
         flat_c = comp.view(-1) if comp is not None else None
         numel, form, outs = p.numel(), buffers[0].form, work.moments[: len(buffers)]
-        codecs: dict[int, list[BlockCodec]] = {}
+        codecs: dict[int, BlockCodec] = {}
         if form in ("int8", "int4"):
             assert work.scratch is not None
-            codecs = {n: [b.codec(out, n, work.scratch) for b, out in zip(buffers, outs,
-                                                                           strict=True)]
+            codecs = {n: BlockCodec([b.qmap for b in buffers], work.values, n, work.scratch)
                       for n in {min(chunk, numel), (numel - 1) % chunk + 1}}
         for start in range(0, numel, _GROUP * chunk):
             stop = min(start + _GROUP * chunk, numel)

@@ -5,17 +5,19 @@ A tensor is cut into blocks of ``block`` consecutive elements (256 for 8-bit,
 scale and each element a code: the index of a value in a sorted quantisation
 map ``Q`` of numbers in ``[-1, 1]``::
 
-    y      = x / (a · 2⁻¹⁴)                 (float32 division)
-    code   = nearest level of |f16(y)| · 2⁻¹⁴ (ties to the smaller), sign bit if signed
+    y      = x / max(a, 2⁻¹²⁶)                 (float32 division)
+    bucket = y's sign, exponent and first 10 mantissa bits (bits 13..31 of its pattern)
+    code   = level of Q nearest the middle of the bucket's interval (ties to the
+             smaller), the bucket's sign bit in signed maps
     x̃      = Q[code] · a
 
-``f16`` rounds to float16 (to nearest, ties to even): ``y`` is first rounded
-to 11 significant bits, which lets one 65,536-entry table indexed by the
-float16 bit pattern give the code (one gather per element, no search). The
-scaling by 2¹⁴ keeps every ``|x/a| >= 2⁻²⁸`` a normal float16 number, so that
-rounding moves ``x/a`` by at most 2⁻¹² of the absmax (0.024 %), and values
-down to 2⁻³⁸ of the absmax still tell apart from zero. :attr:`QuantMap.max_error`
-is the exact worst case of the whole scheme.
+A bucket is the interval of reals that share those 19 leading bits: ``y``
+truncated to 11 significant bits. One 524,288-entry table indexed by the
+bucket gives the code (a shift, a mask and one gather per element, no search,
+and no float16 rounding whose range would swallow tiny values); the bucket is
+at most 2⁻¹¹ of the absmax wide where ``|y| <= 1``, which adds at most 0.05 %
+of the absmax to the map's own rounding error. :attr:`QuantMap.max_error` is
+the exact worst case of the whole scheme (every bucket's worst point).
 
 Maps. The dynamic map for first moments and momentum (signed) and for 8-bit
 second moments (unsigned) gives every decade of magnitude its own run of
@@ -34,6 +36,11 @@ the dynamic map (a positive value takes at least its smallest level, 10⁻⁸ of
 the absmax): rounded to zero, they made AdamW with ``min_size=0`` diverge on
 half the seeds of mnist1d-cnn at lr 0.01. Every map has 0 as a level: zero quantises to
 exactly zero.
+
+"Only an exact zero" is exact down to ``|y| >= 2⁻¹³⁶`` (the first bucket holds
+0 and the float32 values below that): a second moment that small beside its
+block's maximum decodes to 0, and its square root is below 2⁻⁶⁸ · √a, far
+under any ε an optimizer uses.
 
 No 4-bit map can keep every error within 1 % of the absmax: 16 codes give at
 most 16 levels, and ``n`` levels leave some point of ``[0, 1]`` at distance
@@ -62,10 +69,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from collections.abc import Sequence
+
 __all__ = [
     "BLOCK_SIZES",
+    "BUCKET_BITS",
     "MIN_QUANTIZED_NUMEL",
-    "SCALE",
+    "TINY",
     "BlockCodec",
     "QuantMap",
     "Scratch",
@@ -79,8 +89,12 @@ __all__ = [
 BLOCK_SIZES: dict[int, int] = {8: 256, 4: 128}
 #: tensors smaller than this keep float32 state (the default ``min_size``)
 MIN_QUANTIZED_NUMEL = 4096
-#: ``x`` is divided by ``absmax · SCALE`` before rounding to float16
-SCALE = 2.0**-14
+#: the leading bits of ``y``'s float32 pattern that pick its bucket (sign, exponent, 10 mantissa)
+BUCKET_BITS = 19
+_SHIFT = 32 - BUCKET_BITS
+_MASK = (1 << BUCKET_BITS) - 1
+#: the least divisor: an all-zero block divides by this (0/0 would give NaN)
+TINY = 2.0**-126
 
 
 def _dynamic_magnitudes(n: int) -> list[float]:
@@ -92,40 +106,52 @@ def _dynamic_magnitudes(n: int) -> list[float]:
     return sorted(magnitudes)
 
 
-def _half_values() -> Tensor:
-    """Every float16 bit pattern ``0 .. 65535`` as its float64 value."""
-    return torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16).double()
+def _float32_of(bits: Tensor) -> Tensor:
+    """float64 values of the float32 bit patterns ``bits`` (int64 holding 0 .. 2^31 - 1)."""
+    return bits.to(torch.int32).view(torch.float32).double()
+
+
+def _buckets() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every bucket's ``(lo, hi, negative, finite)``: ``|y|`` in ``[lo, hi)``, float64.
+
+    Bucket ``b`` holds the float32 numbers whose pattern shifted right by
+    ``32 - BUCKET_BITS`` is ``b``; its top bit is the sign. Buckets of NaN and
+    infinity are not ``finite``.
+    """
+    index = torch.arange(1 << BUCKET_BITS, dtype=torch.int64)
+    low = (index << _SHIFT) & 0x7FFFFFFF
+    infinity = 0x7F800000
+    finite = low < infinity
+    lo = _float32_of(torch.where(finite, low, 0))
+    hi = _float32_of(torch.clamp(low + (1 << _SHIFT), max=infinity))
+    return lo, hi, (index >> (BUCKET_BITS - 1)) == 1, finite
 
 
 def _code_lut(mags: Tensor, bits: int, signed: bool, zero_exact: bool) -> Tensor:
-    """uint8 code of every float16 pattern of ``y`` (nearest level of ``|y| · SCALE``).
+    """uint8 code of every bucket of ``y``: the level nearest the bucket's middle.
 
-    NaN and infinity (0/0 in an all-zero block) give code 0, whose value is +0.
+    NaN and infinity (never produced by a finite block) give code 0, whose value is +0.
     """
-    values = _half_values()
-    u = values.abs() * SCALE
-    mid = (mags[1:].double() + mags[:-1].double()) / 2
-    codes = torch.searchsorted(mid, u.nan_to_num(0.0, 0.0, 0.0), right=False)  # ties: lower
+    lo, hi, negative, finite = _buckets()
+    middle = torch.clamp((lo + hi) / 2, max=2.0)
+    between = (mags[1:].double() + mags[:-1].double()) / 2
+    codes = torch.searchsorted(between, middle, right=False)  # ties: the smaller level
     if zero_exact:
-        codes = torch.where((u > 0) & (codes == 0), 1, codes)
+        codes = torch.where((lo > 0) & (codes == 0), 1, codes)
     if signed:
-        codes = codes | (torch.signbit(values).long() << (bits - 1))
-    codes[~torch.isfinite(values)] = 0
+        codes = codes | (negative.long() << (bits - 1))
+    codes[~finite] = 0
     return codes.to(torch.uint8)
 
 
-def _max_error(mags: Tensor, lut: Tensor, zero_exact: bool) -> float:
-    """Worst ``|x/a - Q[code]|`` over ``x/a`` in [0, 1]: each float16 value ``h`` stands for
-    the reals between the midpoints to its neighbours, all given ``lut[h]``'s level."""
-    values = _half_values()
-    keep = (values >= 0) & (values * SCALE <= 1) & ~torch.signbit(values)
-    order = torch.argsort(values[keep])
-    u = (values[keep] * SCALE)[order]
-    level = mags.double()[(lut.long()[keep] & (mags.numel() - 1))[order]]
-    lo = torch.cat([u[:1], (u[1:] + u[:-1]) / 2])
-    hi = torch.cat([(u[1:] + u[:-1]) / 2, u[-1:]])
-    worst = torch.maximum((lo - level).abs(), (hi - level).abs()).max()
-    return max(float(worst), float(mags[1]) if zero_exact else 0.0)
+def _max_error(mags: Tensor, lut: Tensor) -> float:
+    """Worst ``|x/a - Q[code]|`` over ``x/a`` in [0, 1]: every point of every bucket
+    that meets [0, 1] is given that bucket's level."""
+    lo, hi, negative, finite = _buckets()
+    keep = ~negative & finite & (lo <= 1)
+    level = mags.double()[lut.long()[keep] & (mags.numel() - 1)]
+    worst = torch.maximum((lo[keep] - level).abs(), (torch.clamp(hi[keep], max=1.0) - level).abs())
+    return float(worst.max())
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,8 +169,10 @@ class QuantMap:
         block: elements per absmax block.
         zero_exact: only an exact zero gets code 0 (positive values round up).
         max_error: the largest quantisation error as a fraction of the block absmax.
-        lut: uint8 code of each float16 bit pattern of ``x / (absmax · SCALE)``.
-        pairs: 4-bit maps: int64 holding the two float32 values of each packed byte.
+        lut: uint8 code of each bucket of ``y = x / absmax`` (``2**BUCKET_BITS`` entries).
+        pairs: int64 holding the two float32 values of each pair of codes: indexed
+            by the little-endian uint16 ``c0 + 256 c1`` of two 8-bit codes, or by
+            the packed byte of two 4-bit codes (element ``2i`` in the high nibble).
         pack: 4-bit maps: uint8 packed byte of each little-endian int16 ``c0 + 256 c1``.
     """
 
@@ -177,14 +205,17 @@ class QuantMap:
         mags = m.float()
         table = torch.cat([mags, -mags]) if signed else mags.clone()
         lut = _code_lut(mags, bits, signed, zero_exact)
-        pairs, pack = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.uint8)
-        if bits == 4:
+        pack = torch.empty(0, dtype=torch.uint8)
+        if bits == 8:
+            word = torch.arange(65536)
+            first, second = word & 255, word >> 8
+        else:
             byte = torch.arange(256)
-            halves = table[torch.stack([byte >> 4, byte & 15], dim=1)].contiguous()
-            pairs = halves.view(torch.int64).reshape(256)
+            first, second = byte >> 4, byte & 15
             word = torch.arange(4096)
             pack = (((word & 15) << 4) | ((word >> 8) & 15)).to(torch.uint8)
-        error = _max_error(mags, lut, zero_exact)
+        pairs = table[torch.stack([first, second], dim=1)].contiguous().view(torch.int64).view(-1)
+        error = _max_error(mags, lut)
         return cls(mags, table, bits, signed, BLOCK_SIZES[bits], zero_exact, error, lut,
                    pairs, pack)
 
@@ -234,120 +265,152 @@ class QuantMap:
 
 @dataclass
 class Scratch:
-    """Reusable work buffers for :func:`encode_blocks` / :func:`decode_blocks` (one chunk).
+    """Reusable work buffers of :class:`BlockCodec` (one chunk of up to ``buffers`` buffers).
 
     Attributes:
-        index: 4 bytes per element, used in turn: decoding's int32 gather
-            indices; when encoding ``|x|``, then in its first half the float16
-            patterns (later the codes) and in its third quarter which values
-            are positive (``zero_exact`` maps).
-        divisor: float32, one per 128 elements (``absmax · SCALE``).
+        index: int32, half an element per buffer: decoding's gather indices (one
+            per pair of codes); encoding 4-bit codes, the codes before packing.
+        scales: float32, one per 128 elements per buffer: block maxima, then divisors.
+        low: float32, as ``scales``: block minima of signed buffers.
     """
 
     index: Tensor
-    divisor: Tensor
+    scales: Tensor
+    low: Tensor
 
     @classmethod
-    def allocate(cls, numel: int, device: torch.device | str = "cpu") -> Scratch:
-        """Buffers for chunks of up to ``numel`` elements."""
-        return cls(torch.empty(numel, dtype=torch.int32, device=device),
-                   torch.empty(-(-numel // min(BLOCK_SIZES.values())), device=device))
+    def allocate(cls, numel: int, device: torch.device | str = "cpu",
+                 buffers: int = 1) -> Scratch:
+        """Buffers for chunks of up to ``numel`` elements of ``buffers`` buffers."""
+        blocks = buffers * -(-numel // min(BLOCK_SIZES.values()))
+        return cls(torch.empty(buffers * -(-numel // 2), dtype=torch.int32, device=device),
+                   torch.empty(blocks, device=device), torch.empty(blocks, device=device))
 
     @staticmethod
-    def bytes_per_element() -> int:
-        """Bytes these buffers hold per chunk element (rounded up)."""
-        return 4
+    def bytes_per_element() -> float:
+        """Bytes these buffers hold per chunk element and buffer."""
+        return 2 + 8 / min(BLOCK_SIZES.values())
 
 
 class BlockCodec:
-    """Decodes codes into, and encodes codes from, one float32 buffer of whole blocks.
+    """Decodes and encodes one chunk of a parameter's quantised buffers, all at once.
 
-    Every view the work needs is made once here, so a chunk costs only the
-    arithmetic (a handful of torch calls), whatever its position: build one
-    codec per buffer and chunk length, then call :meth:`decode` and
-    :meth:`encode` chunk after chunk.
+    The buffers (a parameter's moments: ``exp_avg``, ``exp_avg_sq``...) share
+    the chunk's layout, so most passes run over all of them in one torch call:
+    a float32 work area ``(buffers, whole blocks)`` holds their values, and
+    every view the work needs is made once here. Build one codec per chunk
+    length and call :meth:`decode` and :meth:`encode` chunk after chunk: a
+    chunk then costs about ten torch calls plus one or two gathers per buffer.
 
     Args:
-        qmap: the map.
-        values: float32 buffer, a whole number of blocks.
-        numel: valid elements (the rest is padding, zero after decoding).
-        scratch: work buffers of at least ``values.numel()`` elements.
+        qmaps: each buffer's map; one code width, signed maps first.
+        work: float32, at least ``len(qmaps)`` times ``numel`` rounded up to whole blocks.
+        numel: valid elements per buffer (the rest of each row is padding).
+        scratch: work buffers for at least ``numel`` elements of ``len(qmaps)`` buffers.
+
+    Raises:
+        ValueError: maps of different widths, or a signed map after an unsigned one.
 
     Example:
         >>> qmap = QuantMap.dynamic(signed=True, bits=8)
-        >>> codec = BlockCodec(qmap, torch.zeros(256), 3, Scratch.allocate(256))
+        >>> codec = BlockCodec([qmap], torch.zeros(256), 3, Scratch.allocate(256))
         >>> codes, absmax = torch.empty(3, dtype=torch.uint8), torch.empty(1, 1)
-        >>> codec.values[:3] = torch.tensor([1.0, -0.5, 0.0]); codec.encode(codes, absmax)
-        >>> codec.decode(codes, absmax).tolist()
+        >>> codec.values[0][:] = torch.tensor([1.0, -0.5, 0.0])
+        >>> codec.encode([(codes, absmax)])
+        >>> codec.decode([(codes, absmax)])[0].tolist()
         [1.0, -0.4937500059604645, 0.0]
     """
 
-    def __init__(self, qmap: QuantMap, values: Tensor, numel: int, scratch: Scratch) -> None:
-        total = values.numel()
-        self.qmap, self.values, self.valid = qmap, values, values[:numel]
-        self.rows = values.view(-1, qmap.block)
-        self.padding = values[numel:] if numel < total else None
-        self.magnitude = scratch.index[:total].view(torch.float32)
-        self.magnitude_rows = self.magnitude.view(-1, qmap.block)
-        self.divisor = scratch.divisor[: total // qmap.block].view(-1, 1)
-        self.scale = torch.tensor(SCALE, device=values.device)
-        self.zero = torch.tensor(0.0, device=values.device)
-        raw = scratch.index[:total].view(torch.uint8)
-        self.half = raw[: 2 * total].view(torch.int16)
-        self.half_float, self.half_bits = self.half.view(torch.float16), self.half.view(
-            torch.uint16)
-        self.flags = raw[2 * total: 3 * total]
-        self.positive = self.flags.view(torch.bool)
-        self.index = values.view(torch.int32)  # encoding: values are dead once in float16
-        packed = qmap.packed_numel(numel)
-        self.decode_index = scratch.index[:packed]
-        if qmap.bits == 8:
-            self.decoded, self.source = values[:numel], qmap.table
-        else:
-            self.decoded, self.source = values[: 2 * packed].view(torch.int64), qmap.pairs
-        self.decoded_padding = values[2 * packed:] if qmap.bits == 4 and 2 * packed < total \
-            else self.padding
-        self.codes = raw[:total]
-        self.words, self.pairs = self.index[:packed], self.codes.view(torch.int16)[:packed]
-        self.lookup = self.index[:numel] if qmap.bits == 8 else self.index
+    def __init__(self, qmaps: Sequence[QuantMap], work: Tensor, numel: int,
+                 scratch: Scratch) -> None:
+        first = qmaps[0]
+        signed = [q.signed for q in qmaps]
+        if any(q.bits != first.bits for q in qmaps) or signed != sorted(signed, reverse=True):
+            raise ValueError("qmaps: expected one code width, signed maps first")
+        count, block, self.bits = len(qmaps), first.block, first.bits
+        total = -(-numel // block) * block
+        blocks, half = total // block, total // 2
+        self.qmaps, self.numel = list(qmaps), numel
+        values = work[: count * total].view(count, total)
+        self.values = [row[:numel] for row in values]
+        self.block_rows = [row.view(blocks, block) for row in values]
+        self.rows = values.view(count * blocks, block)
+        self.padding = values[:, numel:] if numel < total else None
+        self.ints = values.view(torch.int32)
+        self.scales = scratch.scales[: count * blocks].view(-1, 1)
+        self.scale_rows = list(self.scales.split(blocks))
+        n_signed = sum(signed) * blocks
+        self.signed_scales = self.scales[:n_signed] if n_signed else None
+        self.signed_rows = self.rows[:n_signed]
+        self.low = scratch.low[:n_signed].view(-1, 1)
+        self.zero = torch.zeros((), device=work.device)
+        # 0-dim operands: a Python int would be wrapped into a new tensor at every call
+        self.shift = torch.tensor(_SHIFT, dtype=torch.int32, device=work.device)
+        self.mask = torch.tensor(_MASK, dtype=torch.int32, device=work.device)
+        index = scratch.index[: count * half].view(count, half)
+        self.pairs = numel // 2 if self.bits == 8 else -(-numel // 2)
+        self.decode_index = [row[: self.pairs] for row in index]
+        self.decode_out = [row.view(torch.int64)[: self.pairs] for row in values]
+        self.odd = self.bits == 8 and numel % 2 == 1
+        self.single_index = [row[self.pairs: self.pairs + 1] for row in index]
+        self.single_out = [row[numel - 1: numel] for row in values]
+        self.lookup = [row[:numel] for row in self.ints] if self.bits == 8 else list(self.ints)
+        unpacked = scratch.index.view(torch.uint8)[: count * total].view(count, total)
+        self.unpacked, self.unpacked_words = list(unpacked), unpacked.view(torch.uint16)
+        self.words = self.ints[:, :half]
+        self.pack_index = [row[: self.pairs] for row in self.words]
 
-    def decode(self, codes: Tensor, absmax: Tensor) -> Tensor:
-        """Decode ``codes`` with per-block ``absmax`` (shape ``(blocks, 1)``) into the buffer.
+    def decode(self, pieces: Sequence[tuple[Tensor, ...]]) -> list[Tensor]:
+        """Decode each buffer's ``(codes, absmax)`` (absmax shaped ``(blocks, 1)``).
+
+        A piece may carry a third tensor: its 8-bit codes' pairs viewed as
+        uint16 (:meth:`LeanBuffer.pieces` makes them for many chunks at once).
 
         Returns:
-            The valid elements (a view of the buffer; the padding is zero).
+            Each buffer's valid elements (views of the work area; the padding is zero).
         """
-        self.decode_index.copy_(codes)
-        torch.index_select(self.source, 0, self.decode_index, out=self.decoded)
-        if self.decoded_padding is not None:
-            self.decoded_padding.zero_()
-        self.rows.mul_(absmax)
-        return self.valid
-
-    def encode(self, codes_out: Tensor, absmax_out: Tensor) -> None:
-        """Encode the buffer's valid elements into ``codes_out`` and ``absmax_out``
-        (shape ``(blocks, 1)``); the buffer is overwritten."""
+        if self.bits == 8:
+            torch._foreach_copy_(self.decode_index, [
+                piece[2] if len(piece) > 2 else piece[0][: 2 * self.pairs].view(torch.uint16)
+                for piece in pieces])
+        else:
+            torch._foreach_copy_(self.decode_index, [piece[0] for piece in pieces])
+        for qmap, index, out in zip(self.qmaps, self.decode_index, self.decode_out, strict=True):
+            torch.index_select(qmap.pairs, 0, index, out=out)
+        if self.odd:  # the last code of an odd-length chunk has no partner
+            torch._foreach_copy_(self.single_index, [piece[0][-1:] for piece in pieces])
+            for qmap, index, out in zip(self.qmaps, self.single_index, self.single_out,
+                                        strict=True):
+                torch.index_select(qmap.table, 0, index, out=out)
         if self.padding is not None:
             self.padding.zero_()
-        torch.abs(self.values, out=self.magnitude)
-        torch.amax(self.magnitude_rows, dim=1, keepdim=True, out=absmax_out)
-        torch.mul(absmax_out, self.scale, out=self.divisor)
-        self.rows.div_(self.divisor)  # all-zero block: 0/0, NaN, code 0
-        if self.qmap.zero_exact:
-            torch.gt(self.values, self.zero, out=self.positive)
-        self.half_float.copy_(self.values)
-        self.index.copy_(self.half_bits)
-        if self.qmap.bits == 8:
-            torch.index_select(self.qmap.lut, 0, self.lookup, out=codes_out)
-            if self.qmap.zero_exact:
-                flags = self.flags[: codes_out.numel()].view(codes_out.shape)
-                torch.maximum(codes_out, flags, out=codes_out)
+        torch._foreach_mul_(self.block_rows, [piece[1] for piece in pieces])
+        return self.values
+
+    def encode(self, pieces: Sequence[tuple[Tensor, ...]]) -> None:
+        """Encode the work area's valid elements into each buffer's ``(codes, absmax)``;
+        the work area is overwritten."""
+        if self.padding is not None:
+            self.padding.zero_()
+        torch.amax(self.rows, dim=1, keepdim=True, out=self.scales)
+        if self.signed_scales is not None:  # |x| peaks at max(max x, -min x)
+            torch.amin(self.signed_rows, dim=1, keepdim=True, out=self.low)
+            torch.sub(self.zero, self.low, out=self.low)  # 0 - 0 is +0, where -0 would be -0
+            torch.maximum(self.signed_scales, self.low, out=self.signed_scales)
+        torch._foreach_copy_([piece[1] for piece in pieces], self.scale_rows)
+        self.scales.clamp_min_(TINY)  # an all-zero block: 0 / TINY, code 0
+        self.rows.div_(self.scales)
+        self.ints.bitwise_right_shift_(self.shift)  # arithmetic: a negative y's sign spreads,
+        self.ints.bitwise_and_(self.mask)  # which the mask clears back to one sign bit
+        if self.bits == 8:
+            for qmap, lookup, piece in zip(self.qmaps, self.lookup, pieces, strict=True):
+                torch.index_select(qmap.lut, 0, lookup, out=piece[0])
             return
-        torch.index_select(self.qmap.lut, 0, self.lookup, out=self.codes)
-        if self.qmap.zero_exact:
-            torch.maximum(self.codes, self.flags, out=self.codes)
-        self.words.copy_(self.pairs)
-        torch.index_select(self.qmap.pack, 0, self.words, out=codes_out)
+        for qmap, lookup, out in zip(self.qmaps, self.lookup, self.unpacked, strict=True):
+            torch.index_select(qmap.lut, 0, lookup, out=out)
+        self.words.copy_(self.unpacked_words)
+        for qmap, words, piece in zip(self.qmaps, self.pack_index, pieces, strict=True):
+            torch.index_select(qmap.pack, 0, words, out=piece[0])
 
 
 def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
@@ -367,7 +430,7 @@ def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
     """
     scratch = scratch or Scratch.allocate(x.numel(), x.device)
     numel = codes_out.numel() if qmap.bits == 8 else min(2 * codes_out.numel(), x.numel())
-    BlockCodec(qmap, x, numel, scratch).encode(codes_out, absmax.view(-1, 1))
+    BlockCodec([qmap], x, numel, scratch).encode([(codes_out, absmax.view(-1, 1))])
 
 
 def decode_blocks(codes: Tensor, absmax: Tensor, qmap: QuantMap, out: Tensor,
@@ -388,7 +451,7 @@ def decode_blocks(codes: Tensor, absmax: Tensor, qmap: QuantMap, out: Tensor,
     """
     scratch = scratch or Scratch.allocate(out.numel(), out.device)
     numel = codes.numel() if qmap.bits == 8 else min(2 * codes.numel(), out.numel())
-    BlockCodec(qmap, out, numel, scratch).decode(codes, absmax.view(-1, 1))
+    BlockCodec([qmap], out, numel, scratch).decode([(codes, absmax.view(-1, 1))])
     return out
 
 

@@ -52,11 +52,13 @@ def magnitudes(name: str, bits: int) -> tuple[NDArray[np.float32], bool]:
 def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """One code per element (unpacked) and one float32 absmax per block.
 
-    ``y = x / (absmax · 2^-14)`` in float32, rounded to float16; the code is
-    the nearest magnitude to ``|y| · 2^-14`` (brute force, ties to the
-    smaller), the sign of ``y`` in the top bit for signed maps, code 0 for NaN
-    (an all-zero block). For second moments only an exact zero gets code 0:
-    a positive value takes at least code 1.
+    ``y = x / max(absmax, 2^-126)`` in float32. ``y`` is truncated (toward
+    zero) to 11 significant bits, which names the interval of reals sharing
+    them, ``[t, t')``; the code is the magnitude nearest the interval's
+    middle (brute force, ties to the smaller), with the sign of ``y`` in the
+    top bit for signed maps, and code 0 for NaN. For second moments a positive
+    ``t`` takes at least code 1 (only an exact zero, or ``y`` under 2^-136,
+    gets code 0: the zero-point problem).
     """
     mags, signed = magnitudes(name, bits)
     block = _BLOCK[bits]
@@ -64,18 +66,24 @@ def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray
     padded = np.concatenate([flat, np.zeros(-flat.size % block, dtype=np.float32)])
     blocks = padded.reshape(-1, block)
     absmax = np.abs(blocks).max(axis=1).astype(np.float32)
-    divisor = (absmax * np.float32(2.0**-14)).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        y = (blocks / divisor[:, None]).astype(np.float32)
-    half = y.astype(np.float16)
-    u = np.nan_to_num(np.abs(half.astype(np.float64)).ravel() * 2.0**-14, nan=0.0)
-    codes = np.concatenate([np.abs(u[i: i + 4096, None] - mags.astype(np.float64)).argmin(axis=1)
-                            for i in range(0, u.size, 4096)]).reshape(y.shape)
-    if name in _SECOND:  # only an exact zero gets code 0 (the zero-point problem)
-        codes = np.where(y > 0, np.maximum(codes, 1), codes)
+    divisor = np.maximum(absmax, np.float32(2.0**-126))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        y = (blocks / divisor[:, None]).astype(np.float32).ravel()
+    pattern = np.abs(y).view(np.uint32)
+    drop = np.uint32(2**13 - 1)
+    low = (pattern & ~drop).view(np.float32).astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        high = ((pattern | drop).astype(np.uint64) + 1).astype(np.uint32).view(np.float32)
+    middle = np.minimum((low + high.astype(np.float64)) / 2, 2.0)
+    middle = np.nan_to_num(middle, nan=0.0)
+    codes = np.concatenate([np.abs(middle[i: i + 4096, None] - mags.astype(np.float64))
+                            .argmin(axis=1) for i in range(0, middle.size, 4096)])
+    if name in _SECOND:
+        codes = np.where(low > 0, np.maximum(codes, 1), codes)
     if signed:
-        codes = codes | (np.signbit(half) & ~np.isnan(half)).astype(np.int64) << (bits - 1)
-    return codes.ravel()[: flat.size].astype(np.uint8), absmax
+        codes = codes | (np.signbit(y) & ~np.isnan(y)).astype(np.int64) << (bits - 1)
+    codes = np.where(np.isnan(y), 0, codes)
+    return codes[: flat.size].astype(np.uint8), absmax
 
 
 def dequantize(codes: NDArray[np.uint8], absmax: NDArray[np.float32], name: str,
