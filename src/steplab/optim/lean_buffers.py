@@ -141,9 +141,10 @@ class LeanBuffer:
         q = self.qmap
         codes = state[self.name + CODES][q.packed_numel(start): q.packed_numel(stop)]
         absmax = state[self.name + ABSMAX][start // q.block: -(-stop // q.block)]
-        split = (codes.split(q.packed_numel(chunk)), absmax.view(-1, 1).split(chunk // q.block))
+        split: list[tuple[Tensor, ...]] = [codes.split(q.packed_numel(chunk)),
+                                           absmax.view(-1, 1).split(chunk // q.block)]
         if q.bits == 8 and codes.numel() % 2 == 0:
-            split += (codes.view(torch.uint16).split(chunk // 2),)
+            split.append(torch.split(codes.view(torch.uint16), chunk // 2))
         return list(zip(*split, strict=True))
 
     def codec(self, out: Tensor, length: int, scratch: Scratch) -> BlockCodec:
@@ -217,7 +218,7 @@ def load_chunk(form: str, pieces: list[tuple[Tensor, ...]], n: int, outs: list[T
         moments = [out[:n] for out in outs]
         torch._foreach_copy_(moments, [piece[0] for piece in pieces])
         return moments
-    return codecs[n].decode(pieces)  # type: ignore[arg-type]
+    return codecs[n].decode(pieces)
 
 
 def store_chunk(form: str, pieces: list[tuple[Tensor, ...]], moments: list[Tensor],
@@ -226,7 +227,7 @@ def store_chunk(form: str, pieces: list[tuple[Tensor, ...]], moments: list[Tenso
     if form == "bf16":
         torch._foreach_copy_([piece[0] for piece in pieces], moments)
     elif form != "fp32":
-        codecs[moments[0].numel()].encode(pieces)  # type: ignore[arg-type]
+        codecs[moments[0].numel()].encode(pieces)
 
 
 def read_buffer(state: dict[str, Any], name: str, numel: int) -> Tensor | None:

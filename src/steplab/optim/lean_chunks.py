@@ -146,6 +146,9 @@ class LeanOptimizer(torch.optim.Optimizer):
             assert work.scratch is not None
             codecs = {n: BlockCodec([b.qmap for b in buffers], work.values, n, work.scratch)
                       for n in {min(chunk, numel), (numel - 1) % chunk + 1}}
+            if flat_c is None:
+                self._run_quantised(buffers, state, flat_p, flat_g, codecs, chunk, kernel)
+                return
         for start in range(0, numel, _GROUP * chunk):
             stop = min(start + _GROUP * chunk, numel)
             params = torch.split(flat_p[start:stop], chunk)
@@ -165,6 +168,25 @@ class LeanOptimizer(torch.optim.Optimizer):
                     low.copy_(param)
                     c.copy_(param.sub_(low))
                 store_chunk(form, [piece[i] for piece in pieces], moments, codecs)
+
+    @staticmethod
+    def _run_quantised(buffers: list[LeanBuffer], state: dict[str, Any], flat_p: Tensor,
+                       flat_g: Tensor, codecs: dict[int, BlockCodec], chunk: int,
+                       kernel: Callable[[Tensor, Tensor, list[Tensor]], None]) -> None:
+        """:meth:`_run_chunks` for quantised moments and a float32 parameter: per chunk,
+        one decode, the kernel and one encode (the chunk's loop is most of a step's
+        Python, so it does nothing else)."""
+        numel = flat_p.numel()
+        full = codecs[min(chunk, numel)]
+        for start in range(0, numel, _GROUP * chunk):
+            stop = min(start + _GROUP * chunk, numel)
+            params = torch.split(flat_p[start:stop], chunk)
+            grads = torch.split(flat_g[start:stop], chunk)
+            pieces = zip(*[b.pieces(state, chunk, start, stop) for b in buffers], strict=True)
+            for param, grad, piece in zip(params, grads, pieces, strict=True):
+                codec = full if param.numel() == chunk else codecs[param.numel()]
+                kernel(param, grad, codec.decode(piece))
+                codec.encode(piece)
 
     @staticmethod
     def _run_bf16(moments: list[Tensor], flat_p: Tensor, flat_g: Tensor, outs: list[Tensor],

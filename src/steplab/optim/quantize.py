@@ -5,10 +5,11 @@ A tensor is cut into blocks of ``block`` consecutive elements (256 for 8-bit,
 scale and each element a code: the index of a value in a sorted quantisation
 map ``Q`` of numbers in ``[-1, 1]``::
 
-    y      = x / max(a, 2⁻¹²⁶)                 (float32 division)
+    y      = x / a                             (float32 division)
     bucket = y's sign, exponent and first 10 mantissa bits (bits 13..31 of its pattern)
     code   = level of Q nearest the middle of the bucket's interval (ties to the
-             smaller), the bucket's sign bit in signed maps
+             smaller), the bucket's sign bit in signed maps; 0 for NaN (0/0 in an
+             all-zero block)
     x̃      = Q[code] · a
 
 A bucket is the interval of reals that share those 19 leading bits: ``y``
@@ -32,7 +33,7 @@ positive value at least the smallest level (worst error 1/29 + 2⁻¹² = 3.47 %
 second moment rounded to zero would make the Adam step ``m/(√0 + ε)`` explode
 (the zero-point problem, Li, Chen, Zhu 2023, arXiv:2309.01507); a true zero
 still decodes to exactly zero. 8-bit second moments follow the same rule on
-the dynamic map (a positive value takes at least its smallest level, 10⁻⁸ of
+the dynamic map (a positive value takes at least its smallest level, 10⁻⁷ of
 the absmax): rounded to zero, they made AdamW with ``min_size=0`` diverge on
 half the seeds of mnist1d-cnn at lr 0.01. Every map has 0 as a level: zero quantises to
 exactly zero.
@@ -64,18 +65,16 @@ in the high nibble.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from collections.abc import Sequence
-
 __all__ = [
     "BLOCK_SIZES",
     "BUCKET_BITS",
     "MIN_QUANTIZED_NUMEL",
-    "TINY",
     "BlockCodec",
     "QuantMap",
     "Scratch",
@@ -93,9 +92,6 @@ MIN_QUANTIZED_NUMEL = 4096
 BUCKET_BITS = 19
 _SHIFT = 32 - BUCKET_BITS
 _MASK = (1 << BUCKET_BITS) - 1
-#: the least divisor: an all-zero block divides by this (0/0 would give NaN)
-TINY = 2.0**-126
-
 
 def _dynamic_magnitudes(n: int) -> list[float]:
     """Zero and the dynamic map's ``2^n - 1`` positive values for ``n`` magnitude bits."""
@@ -130,7 +126,7 @@ def _buckets() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def _code_lut(mags: Tensor, bits: int, signed: bool, zero_exact: bool) -> Tensor:
     """uint8 code of every bucket of ``y``: the level nearest the bucket's middle.
 
-    NaN and infinity (never produced by a finite block) give code 0, whose value is +0.
+    NaN and infinity (0/0 in an all-zero block) give code 0, whose value is +0.
     """
     lo, hi, negative, finite = _buckets()
     middle = torch.clamp((lo + hi) / 2, max=2.0)
@@ -338,7 +334,7 @@ class BlockCodec:
         self.padding = values[:, numel:] if numel < total else None
         self.ints = values.view(torch.int32)
         self.scales = scratch.scales[: count * blocks].view(-1, 1)
-        self.scale_rows = list(self.scales.split(blocks))
+        self.scale_rows = list(torch.split(self.scales, blocks))
         n_signed = sum(signed) * blocks
         self.signed_scales = self.scales[:n_signed] if n_signed else None
         self.signed_rows = self.rows[:n_signed]
@@ -398,8 +394,7 @@ class BlockCodec:
             torch.sub(self.zero, self.low, out=self.low)  # 0 - 0 is +0, where -0 would be -0
             torch.maximum(self.signed_scales, self.low, out=self.signed_scales)
         torch._foreach_copy_([piece[1] for piece in pieces], self.scale_rows)
-        self.scales.clamp_min_(TINY)  # an all-zero block: 0 / TINY, code 0
-        self.rows.div_(self.scales)
+        self.rows.div_(self.scales)  # an all-zero block: 0/0, NaN, whose buckets give code 0
         self.ints.bitwise_right_shift_(self.shift)  # arithmetic: a negative y's sign spreads,
         self.ints.bitwise_and_(self.mask)  # which the mask clears back to one sign bit
         if self.bits == 8:

@@ -52,7 +52,7 @@ def magnitudes(name: str, bits: int) -> tuple[NDArray[np.float32], bool]:
 def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """One code per element (unpacked) and one float32 absmax per block.
 
-    ``y = x / max(absmax, 2^-126)`` in float32. ``y`` is truncated (toward
+    ``y = x / absmax`` in float32 (NaN in an all-zero block). ``y`` is truncated (toward
     zero) to 11 significant bits, which names the interval of reals sharing
     them, ``[t, t')``; the code is the magnitude nearest the interval's
     middle (brute force, ties to the smaller), with the sign of ``y`` in the
@@ -66,9 +66,8 @@ def quantize(x: Array, name: str, bits: int) -> tuple[NDArray[np.uint8], NDArray
     padded = np.concatenate([flat, np.zeros(-flat.size % block, dtype=np.float32)])
     blocks = padded.reshape(-1, block)
     absmax = np.abs(blocks).max(axis=1).astype(np.float32)
-    divisor = np.maximum(absmax, np.float32(2.0**-126))
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        y = (blocks / divisor[:, None]).astype(np.float32).ravel()
+        y = (blocks / absmax[:, None]).astype(np.float32).ravel()
     pattern = np.abs(y).view(np.uint32)
     drop = np.uint32(2**13 - 1)
     low = (pattern & ~drop).view(np.float32).astype(np.float64)
