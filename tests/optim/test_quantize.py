@@ -208,3 +208,18 @@ def test_codec_rejects_mixed_widths_and_unsigned_before_signed() -> None:
     with pytest.raises(ValueError, match="one code width, signed maps first"):
         BlockCodec([qmap_for("exp_avg_sq", 8), qmap_for("exp_avg", 8)], torch.empty(512), 256,
                    scratch)
+
+
+def test_second_moments_keep_a_nonzero_code_down_to_the_first_bucket() -> None:
+    """Second moments get code 0 only in the first bucket (|y| < 2^-136, with 0 itself);
+    the smallest float32 ratios above it still decode to a positive value, and NaN
+    (0/0 of an all-zero block) to 0."""
+    for bits in (8, 4):
+        qmap = qmap_for("exp_avg_sq", bits)
+        x = torch.zeros(qmap.block)
+        x[0] = 1.0
+        x[1], x[2], x[3] = 2.0**-135, 2.0**-137, 1e-30
+        back = dequantize_blockwise(*quantize_blockwise(x, qmap), qmap, x.numel())
+        assert back[1] > 0 and back[2] == 0 and back[3] > 0 and back[4] == 0
+        assert torch.equal(dequantize_blockwise(*quantize_blockwise(torch.zeros(5), qmap), qmap,
+                                                5), torch.zeros(5))
