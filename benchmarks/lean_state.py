@@ -58,7 +58,7 @@ from steplab.optim.lean import LeanAdam
 from steplab.optim.lean_buffers import qmap_for
 from steplab.optim.lean_compiled import BF16_ADAM_KERNEL
 from steplab.optim.paths import COMPILE_ENV
-from steplab.optim.quantize import dequantize_blockwise, quantize_blockwise
+from steplab.optim.quantize import BlockCodec, dequantize_blockwise, quantize_blockwise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docblock import write_block
@@ -255,6 +255,46 @@ def _errors(numel: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _int8_breakdown(repeats: int) -> dict[str, float]:
+    """Where an int8 AdamW step's CPU time goes (ms, medians of ``repeats`` steps).
+
+    The step is timed whole, then with parts replaced by no-ops: the codec
+    (``BlockCodec.decode`` returns the work area as it is, ``encode`` does
+    nothing), then also torch's fused kernel, then the encoder alone. The
+    table lookups (``index_select``, all of them in the codec) are summed by
+    torch's profiler over the same number of steps.
+    """
+    opt = create_optimizer("adamw(state=int8)", _params(3))
+    opt.step()
+
+    def timed() -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            opt.step()
+            times.append((time.thread_time() - start) * 1e3)
+        return statistics.median(times)
+
+    decode, encode, fused = BlockCodec.decode, BlockCodec.encode, torch._fused_adamw_
+    whole = timed()
+    try:
+        BlockCodec.encode = lambda self, pieces: None  # type: ignore[method-assign]
+        decoding = timed()
+        BlockCodec.decode = lambda self, pieces: self.values  # type: ignore[method-assign]
+        kernel = timed()
+        torch._fused_adamw_ = lambda *args, **kwargs: None
+        loop = timed()
+    finally:
+        BlockCodec.decode, BlockCodec.encode, torch._fused_adamw_ = decode, encode, fused
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            opt.step()
+    lookups = sum(e.self_cpu_time_total for e in prof.key_averages()
+                  if e.key == "aten::index_select") / repeats / 1e3
+    return {"whole": whole, "loop": loop, "kernel": kernel - loop, "decode": decoding - kernel,
+            "encode": whole - decoding, "lookups": lookups}
+
+
 def _random_draw_ms(numel: int, repeats: int) -> float:
     out = torch.empty(numel, dtype=torch.int32)
     times = []
@@ -278,8 +318,22 @@ def _error_table(errors: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _breakdown_lines(parts: dict[str, float], base: float) -> list[str]:
+    whole = parts["whole"]
+    share = {k: f"{parts[k]:.1f} ms ({parts[k] / whole:.0%})"
+             for k in ("loop", "kernel", "decode", "encode", "lookups")}
+    return [f"Where the int8 step's CPU time goes (one step of the same model timed alone, "
+            f"{whole:.1f} ms): the chunk loop itself (views, Python) {share['loop']}, torch's "
+            f"fused AdamW kernel over the chunks {share['kernel']}, decoding "
+            f"{share['decode']}, encoding {share['encode']}. The table lookups "
+            f"(`index_select`, about one per moment and element each way) take "
+            f"{share['lookups']} of it: {parts['lookups'] / base:.1f}x a whole fused fp32 "
+            "step of the table above on their own."]
+
+
 def _markdown(rows: dict[str, dict[str, Any]], notes: list[str], kahan: dict[str, float],
-              draw_ms: float, command: str, errors: list[dict[str, Any]]) -> str:
+              draw_ms: float, command: str, errors: list[dict[str, Any]],
+              parts: dict[str, float]) -> str:
     base, wall_base = rows[BASE]["ms"], rows[BASE]["wall_ms"]
     lines = [f"Measured {datetime.date.today().isoformat()} with `{command}`, "
              f"{torch.get_num_threads()} torch thread(s), on this 2-core shared machine "
@@ -296,6 +350,7 @@ def _markdown(rows: dict[str, dict[str, Any]], notes: list[str], kahan: dict[str
                      f"{row['wall_ms']:.1f} | {row['wall_ms'] / wall_base:.2f}x | "
                      f"{row['bytes_per_param']:.3f} | {share} | {own} |")
     lines += [""] + [f"- {line}" for line in verdicts(rows) + notes]
+    lines += ["", *_breakdown_lines(parts, base)]
     lines += ["", *_error_table(errors)]
     lines += ["", "bf16 parameters, least squares with updates below one bf16 ulp "
               "(final mean squared error; lower is better):", "",
@@ -332,6 +387,7 @@ def main() -> None:
     kahan = _kahan(100 if args.quick else 300)
     errors = _errors(1 << 20)
     draw_ms = _random_draw_ms(sum(p.numel() for p in _params(0)), repeats)
+    parts = _int8_breakdown(5 if args.quick else 15)
     table = Table(title="lean optimizer state, ~4M parameters (CPU ms of the thread)")
     for col in ("optimizer", "ms/step", "vs fused", "wall ms", "bytes/param", "peak extra"):
         table.add_column(col, justify="left" if col == "optimizer" else "right")
@@ -343,7 +399,7 @@ def main() -> None:
                       "-" if extra is None else f"{extra / row['state_bytes']:.1%}")
     console = Console()
     console.print(table)
-    for line in verdicts(rows) + notes + _error_table(errors):
+    for line in verdicts(rows) + notes + _breakdown_lines(parts, base) + _error_table(errors):
         console.print(line)
     console.print(f"bf16 params, final loss: {kahan}; random draw per step {draw_ms:.1f} ms")
     if args.write_docs:
@@ -351,7 +407,7 @@ def main() -> None:
                                      f"--threads {args.threads}" if args.threads else "") if a)
         command = f".venv/bin/python benchmarks/lean_state.py {flags}".strip()
         write_block("benchmarks.md", "lean_state", "benchmarks/lean_state.py",
-                    _markdown(rows, notes, kahan, draw_ms, command, errors))
+                    _markdown(rows, notes, kahan, draw_ms, command, errors, parts))
 
 
 if __name__ == "__main__":
