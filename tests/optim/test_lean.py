@@ -132,19 +132,24 @@ def test_state_fp32_through_the_lean_path_is_torchs_fused_rule_bit_for_bit(name:
 @pytest.mark.parametrize("kind", KINDS)
 def test_result_does_not_depend_on_the_chunk_size(kind: str, monkeypatch: pytest.MonkeyPatch
                                                   ) -> None:
+    chunks = []
+
     def run(fraction: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         monkeypatch.setattr(lean_chunks, "PEAK_FRACTION", fraction)
+        monkeypatch.setattr(lean_chunks, "_SIZING_FRACTION", fraction)
         monkeypatch.setattr(lean_chunks, "_MIN_CHUNK", 256)
         torch.manual_seed(1)
-        p = torch.nn.Parameter(torch.randn(300, 67))
+        p = torch.nn.Parameter(torch.randn(300, 67))  # 20,100: an odd last chunk
         opt = LeanAdam([p], lr=1e-2, state=kind)
         for _ in range(4):
             p.grad = torch.randn_like(p)
             opt.step()
+        chunks.append(opt._chunk())
         return p.detach(), opt.state[p]
 
     p1, s1 = run(0.001)
     p2, s2 = run(10.0)
+    assert chunks[0] == 256 and chunks[1] >= p1.numel()  # many chunks, then one
     assert torch.equal(p1, p2)
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
@@ -271,3 +276,19 @@ def test_int8_second_moment_never_rounds_a_small_gradient_to_a_huge_step() -> No
         p.grad = grad.clone()
         opt.step()
     assert p.detach().abs().max() <= 3 * 0.01 * 1.01  # Adam moves each weight <= lr per step
+
+
+def test_a_negative_second_moment_in_loaded_state_is_one_clear_error() -> None:
+    """An fp32 state whose exp_avg_sq holds a negative value is corrupt (a second moment is
+    a mean of squares); re-encoding it into 8 bits would quantise a block maximum that is
+    not its largest magnitude, so the load refuses it in one line."""
+    w = torch.nn.Parameter(torch.ones(4096))
+    source = torch.optim.AdamW([w])
+    w.grad = torch.ones(4096)
+    source.step()
+    saved = source.state_dict()
+    saved["state"][0]["exp_avg_sq"][7] = -1.0
+    opt = create_optimizer("adamw", [w], state="int8")
+    with pytest.raises(ValueError, match=r"exp_avg_sq: got a negative value \(-1\) in the "
+                                         r"loaded state; a second moment is >= 0"):
+        opt.load_state_dict(saved)

@@ -200,14 +200,16 @@ def test_one_codec_for_several_buffers_equals_each_buffer_alone(numel: int, bits
         assert torch.equal(back, dequantize_blockwise(want_codes, want_absmax, q, numel))
 
 
-def test_codec_rejects_mixed_widths_and_unsigned_before_signed() -> None:
+def test_codec_rejects_mixed_widths_unsigned_before_signed_and_four_buffers() -> None:
     scratch = Scratch.allocate(256, buffers=2)
-    with pytest.raises(ValueError, match="one code width, signed maps first"):
+    with pytest.raises(ValueError, match="one code width, signed maps first, at most 3"):
         BlockCodec([qmap_for("exp_avg", 8), qmap_for("exp_avg_sq", 4)], torch.empty(512), 256,
                    scratch)
-    with pytest.raises(ValueError, match="one code width, signed maps first"):
+    with pytest.raises(ValueError, match="one code width, signed maps first, at most 3"):
         BlockCodec([qmap_for("exp_avg_sq", 8), qmap_for("exp_avg", 8)], torch.empty(512), 256,
                    scratch)
+    with pytest.raises(ValueError, match="one code width, signed maps first, at most 3"):
+        BlockCodec([qmap_for("exp_avg_sq", 8)] * 4, torch.empty(1024), 256, scratch)
 
 
 def test_second_moments_keep_a_nonzero_code_down_to_the_first_bucket() -> None:

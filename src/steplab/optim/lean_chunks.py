@@ -21,6 +21,7 @@ from torch import Tensor
 
 from steplab.errors import SpecError
 from steplab.optim.lean_buffers import (
+    SECOND_MOMENTS,
     STATE_KINDS,
     LeanBuffer,
     Workspace,
@@ -106,7 +107,7 @@ class LeanOptimizer(torch.optim.Optimizer):
         forms = self._forms()
         per_element = 4.0 * len(self.buffer_names)
         if forms & {"int8", "int4"}:
-            per_element += len(self.buffer_names) * Scratch.bytes_per_element()
+            per_element += Scratch.bytes_per_element(len(self.buffer_names))
         if any(p.dtype in _LOW_PRECISION for g in self.param_groups for p in g["params"]):
             per_element += 8
         return per_element
@@ -292,6 +293,9 @@ class LeanOptimizer(torch.optim.Optimizer):
         state.update(buf.zeros(p.device, p.shape))
         if values is None:
             return
+        if buf.name in SECOND_MOMENTS and values.numel() and float(values.min()) < 0:
+            raise ValueError(f"{buf.name}: got a negative value ({float(values.min()):g}) in "
+                             "the loaded state; a second moment is >= 0")
         chunk = -(-p.numel() // _ALIGN) * _ALIGN
         work, scratch = torch.zeros(chunk, device=p.device), Scratch.allocate(chunk, p.device)
         buf.load(state, work, scratch).copy_(values.to(p.device))

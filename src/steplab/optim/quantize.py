@@ -41,7 +41,8 @@ exactly zero.
 "Only an exact zero" is exact down to ``|y| >= 2⁻¹³⁶`` (the first bucket holds
 0 and the float32 values below that): a second moment that small beside its
 block's maximum decodes to 0, and its square root is below 2⁻⁶⁸ · √a, far
-under any ε an optimizer uses.
+under any ε an optimizer uses. With ``torch.set_flush_denormal(True)`` the
+bound is 2⁻¹²⁶ instead: the division then flushes smaller ratios to zero.
 
 No 4-bit map can keep every error within 1 % of the absmax: 16 codes give at
 most 16 levels, and ``n`` levels leave some point of ``[0, 1]`` at distance
@@ -264,39 +265,42 @@ class Scratch:
     """Reusable work buffers of :class:`BlockCodec` (one chunk of up to ``buffers`` buffers).
 
     Attributes:
-        index: int32, half an element per buffer: decoding's gather indices (one
-            per pair of codes); encoding 4-bit codes, the codes before packing.
-        scales: float32, one per 128 elements per buffer: block maxima, then divisors.
-        low: float32, as ``scales``: block minima of signed buffers.
+        index: int32, half an element: the last buffer's gather indices when
+            decoding (the others' wait in the last buffer's row of the work
+            area, not yet decoded); a 4-bit buffer's codes before packing.
+        low: float32, one per 128 elements per buffer: block minima of signed buffers.
     """
 
     index: Tensor
-    scales: Tensor
     low: Tensor
 
     @classmethod
     def allocate(cls, numel: int, device: torch.device | str = "cpu",
                  buffers: int = 1) -> Scratch:
         """Buffers for chunks of up to ``numel`` elements of ``buffers`` buffers."""
-        blocks = buffers * -(-numel // min(BLOCK_SIZES.values()))
-        return cls(torch.empty(buffers * -(-numel // 2), dtype=torch.int32, device=device),
-                   torch.empty(blocks, device=device), torch.empty(blocks, device=device))
+        whole = -(-numel // max(BLOCK_SIZES.values())) * max(BLOCK_SIZES.values())
+        return cls(torch.empty(whole // 2, dtype=torch.int32, device=device),
+                   torch.empty(buffers * -(-numel // min(BLOCK_SIZES.values())), device=device))
 
     @staticmethod
-    def bytes_per_element() -> float:
-        """Bytes these buffers hold per chunk element and buffer."""
-        return 2 + 8 / min(BLOCK_SIZES.values())
+    def bytes_per_element(buffers: int = 1) -> float:
+        """Bytes these buffers hold per chunk element, for ``buffers`` buffers."""
+        return 2 + 4 * buffers / min(BLOCK_SIZES.values())
 
 
 class BlockCodec:
     """Decodes and encodes one chunk of a parameter's quantised buffers, all at once.
 
     The buffers (a parameter's moments: ``exp_avg``, ``exp_avg_sq``...) share
-    the chunk's layout, so most passes run over all of them in one torch call:
-    a float32 work area ``(buffers, whole blocks)`` holds their values, and
-    every view the work needs is made once here. Build one codec per chunk
-    length and call :meth:`decode` and :meth:`encode` chunk after chunk: a
-    chunk then costs about ten torch calls plus one or two gathers per buffer.
+    the chunk's layout: a float32 work area ``(buffers, whole blocks)`` holds
+    their values, so the elementwise passes run over all of them in one torch
+    call, and every view the work needs is made once here. Build one codec per
+    chunk length and call :meth:`decode` and :meth:`encode` chunk after chunk:
+    a chunk then costs about a dozen torch calls for two buffers, half of them
+    table lookups.
+
+    Unsigned maps take values >= 0 (second moments): their block scale is the
+    block's maximum, which is its largest magnitude only then.
 
     Args:
         qmaps: each buffer's map; one code width, signed maps first.
@@ -305,7 +309,8 @@ class BlockCodec:
         scratch: work buffers for at least ``numel`` elements of ``len(qmaps)`` buffers.
 
     Raises:
-        ValueError: maps of different widths, or a signed map after an unsigned one.
+        ValueError: maps of different widths, a signed map after an unsigned one,
+            or more than three buffers.
 
     Example:
         >>> qmap = QuantMap.dynamic(signed=True, bits=8)
@@ -321,8 +326,9 @@ class BlockCodec:
                  scratch: Scratch) -> None:
         first = qmaps[0]
         signed = [q.signed for q in qmaps]
-        if any(q.bits != first.bits for q in qmaps) or signed != sorted(signed, reverse=True):
-            raise ValueError("qmaps: expected one code width, signed maps first")
+        if (any(q.bits != first.bits for q in qmaps) or signed != sorted(signed, reverse=True)
+                or len(qmaps) > 3):
+            raise ValueError("qmaps: expected one code width, signed maps first, at most 3")
         count, block, self.bits = len(qmaps), first.block, first.bits
         total = -(-numel // block) * block
         blocks, half = total // block, total // 2
@@ -330,31 +336,29 @@ class BlockCodec:
         values = work[: count * total].view(count, total)
         self.values = [row[:numel] for row in values]
         self.block_rows = [row.view(blocks, block) for row in values]
-        self.rows = values.view(count * blocks, block)
         self.padding = values[:, numel:] if numel < total else None
         self.ints = values.view(torch.int32)
-        self.scales = scratch.scales[: count * blocks].view(-1, 1)
-        self.scale_rows = list(torch.split(self.scales, blocks))
-        n_signed = sum(signed) * blocks
-        self.signed_scales = self.scales[:n_signed] if n_signed else None
-        self.signed_rows = self.rows[:n_signed]
-        self.low = scratch.low[:n_signed].view(-1, 1)
+        n_signed = sum(signed)
+        self.low = list(torch.split(scratch.low[: n_signed * blocks].view(-1, 1), blocks)
+                        ) if n_signed else []
         self.zero = torch.zeros((), device=work.device)
         # 0-dim operands: a Python int would be wrapped into a new tensor at every call
         self.shift = torch.tensor(_SHIFT, dtype=torch.int32, device=work.device)
         self.mask = torch.tensor(_MASK, dtype=torch.int32, device=work.device)
-        index = scratch.index[: count * half].view(count, half)
+        # decoding: buffer i < last keeps its indices in the last buffer's row (decoded
+        # last), the last buffer in the scratch; each buffer's pairs, then its odd code
         self.pairs = numel // 2 if self.bits == 8 else -(-numel // 2)
-        self.decode_index = [row[: self.pairs] for row in index]
-        self.decode_out = [row.view(torch.int64)[: self.pairs] for row in values]
         self.odd = self.bits == 8 and numel % 2 == 1
-        self.single_index = [row[self.pairs: self.pairs + 1] for row in index]
+        slots = [self.ints[count - 1, i * half: (i + 1) * half] for i in range(count - 1)]
+        slots.append(scratch.index[:half])
+        self.decode_index = [slot[: self.pairs] for slot in slots]
+        self.single_index = [slot[self.pairs: self.pairs + 1] for slot in slots]
+        self.decode_out = [row.view(torch.int64)[: self.pairs] for row in values]
         self.single_out = [row[numel - 1: numel] for row in values]
         self.lookup = [row[:numel] for row in self.ints] if self.bits == 8 else list(self.ints)
-        unpacked = scratch.index.view(torch.uint8)[: count * total].view(count, total)
-        self.unpacked, self.unpacked_words = list(unpacked), unpacked.view(torch.uint16)
-        self.words = self.ints[:, :half]
-        self.pack_index = [row[: self.pairs] for row in self.words]
+        self.unpacked = scratch.index.view(torch.uint8)[:total]
+        self.unpacked_words = self.unpacked.view(torch.uint16)
+        self.words = [row[:half] for row in self.ints]
 
     def decode(self, pieces: Sequence[tuple[Tensor, ...]]) -> list[Tensor]:
         """Decode each buffer's ``(codes, absmax)`` (absmax shaped ``(blocks, 1)``).
@@ -366,18 +370,19 @@ class BlockCodec:
             Each buffer's valid elements (views of the work area; the padding is zero).
         """
         if self.bits == 8:
-            torch._foreach_copy_(self.decode_index, [
-                piece[2] if len(piece) > 2 else piece[0][: 2 * self.pairs].view(torch.uint16)
-                for piece in pieces])
+            sources = [piece[2] if len(piece) > 2 else
+                       piece[0][: 2 * self.pairs].view(torch.uint16) for piece in pieces]
         else:
-            torch._foreach_copy_(self.decode_index, [piece[0] for piece in pieces])
-        for qmap, index, out in zip(self.qmaps, self.decode_index, self.decode_out, strict=True):
-            torch.index_select(qmap.pairs, 0, index, out=out)
+            sources = [piece[0] for piece in pieces]
         if self.odd:  # the last code of an odd-length chunk has no partner
-            torch._foreach_copy_(self.single_index, [piece[0][-1:] for piece in pieces])
-            for qmap, index, out in zip(self.qmaps, self.single_index, self.single_out,
-                                        strict=True):
-                torch.index_select(qmap.table, 0, index, out=out)
+            torch._foreach_copy_(self.decode_index + self.single_index,
+                                 sources + [piece[0][-1:] for piece in pieces])
+        else:
+            torch._foreach_copy_(self.decode_index, sources)
+        for i, qmap in enumerate(self.qmaps):
+            torch.index_select(qmap.pairs, 0, self.decode_index[i], out=self.decode_out[i])
+            if self.odd:
+                torch.index_select(qmap.table, 0, self.single_index[i], out=self.single_out[i])
         if self.padding is not None:
             self.padding.zero_()
         torch._foreach_mul_(self.block_rows, [piece[1] for piece in pieces])
@@ -388,24 +393,26 @@ class BlockCodec:
         the work area is overwritten."""
         if self.padding is not None:
             self.padding.zero_()
-        torch.amax(self.rows, dim=1, keepdim=True, out=self.scales)
-        if self.signed_scales is not None:  # |x| peaks at max(max x, -min x)
-            torch.amin(self.signed_rows, dim=1, keepdim=True, out=self.low)
-            torch.sub(self.zero, self.low, out=self.low)  # 0 - 0 is +0, where -0 would be -0
-            torch.maximum(self.signed_scales, self.low, out=self.signed_scales)
-        torch._foreach_copy_([piece[1] for piece in pieces], self.scale_rows)
-        self.rows.div_(self.scales)  # an all-zero block: 0/0, NaN, whose buckets give code 0
+        scales = [piece[1] for piece in pieces]
+        for rows, absmax in zip(self.block_rows, scales, strict=True):
+            torch.amax(rows, dim=1, keepdim=True, out=absmax)
+        # signed buffers (the first ones, one ``low`` each): |x| peaks at max(max x, -min x)
+        for rows, absmax, low in zip(self.block_rows, scales, self.low, strict=False):
+            torch.amin(rows, dim=1, keepdim=True, out=low)
+            torch.sub(self.zero, low, out=low)  # 0 - 0 is +0, where -0 would be -0
+            torch.maximum(low, absmax, out=absmax)  # ties give the first: +0
+        torch._foreach_div_(self.block_rows, scales)  # all-zero block: 0/0, NaN, code 0
         self.ints.bitwise_right_shift_(self.shift)  # arithmetic: a negative y's sign spreads,
         self.ints.bitwise_and_(self.mask)  # which the mask clears back to one sign bit
         if self.bits == 8:
             for qmap, lookup, piece in zip(self.qmaps, self.lookup, pieces, strict=True):
                 torch.index_select(qmap.lut, 0, lookup, out=piece[0])
             return
-        for qmap, lookup, out in zip(self.qmaps, self.lookup, self.unpacked, strict=True):
-            torch.index_select(qmap.lut, 0, lookup, out=out)
-        self.words.copy_(self.unpacked_words)
-        for qmap, words, piece in zip(self.qmaps, self.pack_index, pieces, strict=True):
-            torch.index_select(qmap.pack, 0, words, out=piece[0])
+        for qmap, lookup, words, piece in zip(self.qmaps, self.lookup, self.words, pieces,
+                                              strict=True):
+            torch.index_select(qmap.lut, 0, lookup, out=self.unpacked)
+            words.copy_(self.unpacked_words)  # this buffer's row is free once looked up
+            torch.index_select(qmap.pack, 0, words[: self.pairs], out=piece[0])
 
 
 def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
@@ -416,7 +423,9 @@ def encode_blocks(x: Tensor, absmax: Tensor, qmap: QuantMap, codes_out: Tensor,
     ``x`` is overwritten, so pass a buffer you no longer need.
 
     Args:
-        x: float32 values padded to whole blocks (the padding is set to zero).
+        x: float32 values padded to whole blocks (the padding is set to zero; for
+            4-bit codes of an odd count, the element after the last is coded too
+            and must be zero, as :func:`quantize_blockwise` leaves it).
         absmax: float32 destination, one per block.
         qmap: the map.
         codes_out: uint8 codes to write: ``qmap.packed_numel(n)`` for the ``n``
