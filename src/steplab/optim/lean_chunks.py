@@ -130,7 +130,7 @@ class LeanOptimizer(torch.optim.Optimizer):
 
         Views are made ahead, :data:`_GROUP` chunks at a time (so their own
         memory stays bounded), with codecs for full chunks and the last one: a
-        chunk costs a few torch calls per buffer.
+        chunk costs a few torch calls.
         """
         state, buffers = self.state[p], self._buffers(group, p)
         assert p.grad is not None

@@ -296,7 +296,7 @@ class BlockCodec:
     their values, so the elementwise passes run over all of them in one torch
     call, and every view the work needs is made once here. Build one codec per
     chunk length and call :meth:`decode` and :meth:`encode` chunk after chunk:
-    a chunk then costs about a dozen torch calls for two buffers, half of them
+    a chunk then costs about a dozen torch calls for two buffers, four of them
     table lookups.
 
     Unsigned maps take values >= 0 (second moments): their block scale is the
