@@ -178,14 +178,13 @@ class LeanOptimizer(torch.optim.Optimizer):
         one decode, the kernel and one encode (the chunk's loop is most of a step's
         Python, so it does nothing else)."""
         numel = flat_p.numel()
-        full = codecs[min(chunk, numel)]
         for start in range(0, numel, _GROUP * chunk):
             stop = min(start + _GROUP * chunk, numel)
             params = torch.split(flat_p[start:stop], chunk)
             grads = torch.split(flat_g[start:stop], chunk)
             pieces = zip(*[b.pieces(state, chunk, start, stop) for b in buffers], strict=True)
             for param, grad, piece in zip(params, grads, pieces, strict=True):
-                codec = full if param.numel() == chunk else codecs[param.numel()]
+                codec = codecs[param.numel()]
                 kernel(param, grad, codec.decode(piece))
                 codec.encode(piece)
 
@@ -293,8 +292,9 @@ class LeanOptimizer(torch.optim.Optimizer):
         state.update(buf.zeros(p.device, p.shape))
         if values is None:
             return
-        if buf.name in SECOND_MOMENTS and values.numel() and float(values.min()) < 0:
-            raise ValueError(f"{buf.name}: got a negative value ({float(values.min()):g}) in "
+        least = float(values.min()) if buf.name in SECOND_MOMENTS and values.numel() else 0.0
+        if least < 0:
+            raise ValueError(f"{buf.name}: got a negative value ({least:g}) in "
                              "the loaded state; a second moment is >= 0")
         chunk = -(-p.numel() // _ALIGN) * _ALIGN
         work, scratch = torch.zeros(chunk, device=p.device), Scratch.allocate(chunk, p.device)

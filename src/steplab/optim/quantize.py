@@ -68,6 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -108,6 +109,7 @@ def _float32_of(bits: Tensor) -> Tensor:
     return bits.to(torch.int32).view(torch.float32).double()
 
 
+@cache
 def _buckets() -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Every bucket's ``(lo, hi, negative, finite)``: ``|y|`` in ``[lo, hi)``, float64.
 
@@ -332,7 +334,7 @@ class BlockCodec:
         count, block, self.bits = len(qmaps), first.block, first.bits
         total = -(-numel // block) * block
         blocks, half = total // block, total // 2
-        self.qmaps, self.numel = list(qmaps), numel
+        self.qmaps = list(qmaps)
         values = work[: count * total].view(count, total)
         self.values = [row[:numel] for row in values]
         self.block_rows = [row.view(blocks, block) for row in values]
