@@ -60,6 +60,7 @@ _TWO_RANKS = textwrap.dedent("""
     import os, sys
     import torch.distributed as dist
     from steplab.observe import open_board
+    from steplab.train.teardown import exit_process
     rank, logdir, store = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
     board = open_board(logdir)
@@ -68,7 +69,7 @@ _TWO_RANKS = textwrap.dedent("""
         board.log_row({"step": 1, "train_loss": 0.5})
         board.close()
     dist.barrier()
-    dist.destroy_process_group()
+    exit_process(0)
 """)
 
 

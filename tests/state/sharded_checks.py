@@ -18,6 +18,7 @@ from torch import nn
 from steplab.optim import Lookahead
 from steplab.state.sharded import save_sharded
 from steplab.state.sharded_load import load_sharded
+from steplab.train.teardown import exit_process
 
 MODES = ("fsdp", "zero", "ddp")
 
@@ -101,4 +102,4 @@ def worker(rank: int, port: int, out: str) -> None:
     if rank == 0:
         (Path(out) / "uninterrupted.json").write_text(json.dumps(uninterrupted))
         (Path(out) / "resumed-ws2.json").write_text(json.dumps(resumed))
-    dist.destroy_process_group()
+    exit_process(0)  # leaves the group; no interpreter teardown for gloo to abort

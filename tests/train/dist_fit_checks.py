@@ -23,6 +23,7 @@ from steplab.optim.lookahead_state import local_tensor
 from steplab.tasks import TaskData, register_task
 from steplab.tasks.base import ClassificationTask, Target
 from steplab.train import TrainConfig, fit
+from steplab.train.teardown import exit_process
 
 
 @dataclass
@@ -142,4 +143,4 @@ def rng_worker(rank: int, world: int, port: int, out: str) -> None:
     facts = {"error": error, "expected": expected, "after_load": again,
              "restored": list(result.restored), "alone": _alone(rank, out)}
     (Path(out) / f"rng-rank{rank}.json").write_text(json.dumps(facts))
-    dist.destroy_process_group()
+    exit_process(0)  # leaves the group; no interpreter teardown for gloo to abort

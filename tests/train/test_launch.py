@@ -24,6 +24,16 @@ def test_the_failure_named_is_the_rank_that_died_not_the_one_the_launcher_stoppe
     assert launch._first_failure(both)[0] == 0  # the same failure on both: the lowest rank
 
 
+def test_a_rank_killed_by_a_signal_comes_before_one_that_exited_in_the_same_second() -> None:
+    """Rank 1 was SIGKILLed mid-save; rank 0 saw its peer's connection close and exited with
+    code 2 within the same second (failure times are whole seconds): the line names rank 1."""
+    failures = {0: ProcessFailure(0, 100, 2, ""), 1: ProcessFailure(1, 101, -signal.SIGKILL, "")}
+    failures[0].timestamp = failures[1].timestamp
+    assert launch._first_failure(failures)[0] == 1
+    failures[0].timestamp -= 1  # even when the exit was seen a second earlier
+    assert launch._first_failure(failures)[0] == 1
+
+
 def test_the_launch_environment_points_gloo_at_loopback_and_is_undone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)

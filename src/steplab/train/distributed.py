@@ -43,6 +43,7 @@ from steplab.optim.spec import OptimizerSpec
 from steplab.state.names import canonical_module
 from steplab.train.batches import Plan
 from steplab.train.launch import follow_launcher
+from steplab.train.teardown import mark_joined
 
 __all__ = [
     "PARALLEL_MODES", "World", "agree", "announce", "build_optimizer", "join", "lost_rank_errors",
@@ -101,6 +102,7 @@ def join(parallel: str, device: torch.device) -> World | None:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend, timeout=_TIMEOUT)
+    mark_joined()  # the exit hook that lets gloo's worker threads finish (train.teardown)
     if dist.get_world_size() < 2:
         return None
     return World(dist.get_rank(), dist.get_world_size(), parallel)

@@ -174,6 +174,15 @@ def launch(train_args: list[str], nproc: int) -> None:
 
 
 def _first_failure(failures: dict[int, Any]) -> tuple[int, Any]:
-    """The rank that failed on its own: not one the launcher stopped (SIGTERM) after it."""
-    return min(failures.items(), key=lambda item: (
-        item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))
+    """The rank that failed on its own, not one that reacted to it.
+
+    The launcher stops the others with SIGTERM; a rank that exited with a code
+    chose to (it may have seen its peer's connection close); a rank killed by
+    another signal (SIGKILL, SIGABRT, SIGSEGV) did not. Failure timestamps
+    have whole-second resolution, so they only order what the above leaves tied.
+    """
+    def order(item: tuple[int, Any]) -> tuple[bool, bool, float, int]:
+        code = item[1].exitcode
+        return code == -signal.SIGTERM, code >= 0, item[1].timestamp, item[0]
+
+    return min(failures.items(), key=order)
