@@ -7,7 +7,6 @@ exactly and a 2-rank run is bit-equal to a 1-process run of the same setup.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +77,11 @@ def full_params(model: nn.Module) -> list[list[float]]:
     return out
 
 
-def _join(rank: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-
-
-def worker(rank: int, port: int, out: str) -> None:
+def worker(rank: int, out: str) -> None:
     """At world size 2, each mode: the uninterrupted run (4 steps, save, 5 more steps), then
     the world-size-1 checkpoint loaded and 5 steps on. Rank 0 writes both parameter sets."""
-    _join(rank, port)
+    # a file store: no port to pick and lose to another process before rank 0 binds it
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
     uninterrupted, resumed = {}, {}
     for mode in MODES:
         model, opt = build(mode, True)

@@ -80,12 +80,13 @@ def params(model: nn.Module) -> list[list[float]]:
     return out
 
 
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def _join(rank: int, world: int, store: Path) -> None:
+    """The group ``join`` finds already up (from a file store: no port to pick and lose)."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
 
 
-def fit_worker(rank: int, world: int, port: int, out: str) -> None:
+def fit_worker(rank: int, world: int, out: str) -> None:
     """``fit`` under ddp, zero and fsdp on this rank; write params, summary, slow-weight hash."""
     import steplab.train.loop as loop
 
@@ -98,12 +99,12 @@ def fit_worker(rank: int, world: int, port: int, out: str) -> None:
         return original(self, status)
 
     loop._Loop.finish = finish  # type: ignore[method-assign]
-    for offset, parallel in enumerate(("ddp", "zero", "fsdp")):
-        _join(rank, world, port + offset)
+    for parallel in ("ddp", "zero", "fsdp"):
+        _join(rank, world, Path(out) / f"store-{parallel}")
         result = fit(config(parallel=parallel), Path(out) / parallel, progress=False)
         facts = {"summary": result.summary, "params": seen["params"], "slow": seen["slow"]}
         (Path(out) / f"{parallel}-rank{rank}.json").write_text(json.dumps(facts))
-    rng_worker(rank, world, port + 3, out)  # the same processes: one start-up for all checks
+    rng_worker(rank, world, out)  # the same processes: one start-up for all checks
 
 
 def _alone(rank: int, out: str) -> list[str | None]:
@@ -124,10 +125,9 @@ def _alone(rank: int, out: str) -> list[str | None]:
     return errors
 
 
-def rng_worker(rank: int, world: int, port: int, out: str) -> None:
+def rng_worker(rank: int, world: int, out: str) -> None:
     """Items 5 and 6: all ranks save to one path; each rank gets its own random streams back."""
-    _join(rank, world, port)
-    dist.init_process_group("gloo")
+    _join(rank, world, Path(out) / "store-rng")
     torch.manual_seed(1000 + rank)
     model = nn.Linear(3, 2)
     error = None

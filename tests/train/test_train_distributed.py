@@ -7,7 +7,6 @@ Found-broken items 5 (every rank got rank 0's random streams on load) and 6
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="needs torch.distributed with gloo")
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _read(out: Path, prefix: str) -> list[dict[str, Any]]:
     return [json.loads((out / f"{prefix}-rank{r}.json").read_text()) for r in range(2)]
 
@@ -37,7 +29,7 @@ def _read(out: Path, prefix: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist-fit")
-    mp.spawn(checks.fit_worker, args=(2, _port(), str(out)), nprocs=2)
+    mp.spawn(checks.fit_worker, args=(2, str(out)), nprocs=2)
     return out
 
 
