@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from steplab.train import teardown
 
+_HELD: list[object] = []  # the group, referenced until exit (as a wrapped model in a global is)
+
 
 def main(rank: int, store: str, mode: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -29,7 +31,7 @@ def main(rank: int, store: str, mode: str) -> None:
         works = [dist.all_reduce(torch.ones(1000), async_op=True) for _ in range(4)]
         works[-1].wait()
         del works  # the outputs' last references are the workers'
-    held = dist.group.WORLD  # noqa: F841  (a wrapped model keeps its group alive)
+    _HELD.append(dist.group.WORLD)  # still referenced when the exit hook runs
     if mode == "exit_process":
         teardown.exit_process(0)
 

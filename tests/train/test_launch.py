@@ -24,14 +24,27 @@ def test_the_failure_named_is_the_rank_that_died_not_the_one_the_launcher_stoppe
     assert launch._first_failure(both)[0] == 0  # the same failure on both: the lowest rank
 
 
-def test_a_rank_killed_by_a_signal_comes_before_one_that_exited_in_the_same_second() -> None:
-    """Rank 1 was SIGKILLed mid-save; rank 0 saw its peer's connection close and exited with
-    code 2 within the same second (failure times are whole seconds): the line names rank 1."""
-    failures = {0: ProcessFailure(0, 100, 2, ""), 1: ProcessFailure(1, 101, -signal.SIGKILL, "")}
-    failures[0].timestamp = failures[1].timestamp
-    assert launch._first_failure(failures)[0] == 1
-    failures[0].timestamp -= 1  # even when the exit was seen a second earlier
-    assert launch._first_failure(failures)[0] == 1
+def _failures(*codes: int, stamps: tuple[int, ...] = ()) -> dict[int, ProcessFailure]:
+    failures = {rank: ProcessFailure(rank, 100 + rank, code, "") for rank, code in enumerate(codes)}
+    for rank, stamp in enumerate(stamps or (1000,) * len(codes)):
+        failures[rank].timestamp = stamp  # torch stamps the whole second its poll noticed
+    return failures
+
+
+def test_a_rank_that_lost_its_peer_is_never_named_before_the_one_that_failed() -> None:
+    """Rank 1 raised (exit 2); rank 0 saw its connection close and exited with code 3 in the
+    same poll: the line names rank 1 (it named rank 0 once ranks exited at once)."""
+    assert launch._first_failure(_failures(3, 2))[0] == 1
+    assert launch._first_failure(_failures(3, -signal.SIGKILL))[0] == 1
+    assert launch._first_failure(_failures(3, 2, stamps=(1000, 1001)))[0] == 1
+
+
+def test_a_signal_death_comes_first_only_among_failures_noticed_in_the_same_second() -> None:
+    """Rank 1 SIGKILLed mid-save, rank 0 exiting in the same second: rank 1. A rank that exited
+    a poll earlier than one killed by a signal (the launcher's SIGKILL after its SIGTERM grace
+    period, 30 s later) failed first: rank 0."""
+    assert launch._first_failure(_failures(2, -signal.SIGKILL))[0] == 1
+    assert launch._first_failure(_failures(2, -signal.SIGKILL, stamps=(1000, 1030)))[0] == 0
 
 
 def test_the_launch_environment_points_gloo_at_loopback_and_is_undone(

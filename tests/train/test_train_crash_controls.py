@@ -1,7 +1,8 @@
 """Real crashes of ``steplab train --nproc 2`` (see ``crash_runs``): the negative control
-of the resume test, and SIGKILL of a rank in the middle of writing a checkpoint.
+of the resume test, SIGKILL of a rank in the middle of writing a checkpoint, and a rank
+that raises.
 
-Both runs go side by side in one module fixture; each stalled one sleeps until
+The runs go side by side in one module fixture; each stalled one sleeps until
 its turn to be killed.
 """
 
@@ -27,9 +28,25 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     control = runs.stalling(root / "control", STEPLAB_CRASH_GLOBAL_ORDER="1")
     mid_save = runs.start(root / "mid-save" / "hooks", root / "mid-save" / "run",
                           STEPLAB_CRASH_STALL_SAVE="2:1")
+    raising = runs.start(root / "raise" / "hooks", root / "raise" / "run",
+                         STEPLAB_CRASH_RAISE_AT="5:1")
     return {"control": runs.killed_and_resumed(root / "control", control,
                                                STEPLAB_CRASH_GLOBAL_ORDER="1"),
-            "rank_killed": runs.kill_rank_mid_save(root / "mid-save", mid_save)}
+            "rank_killed": runs.kill_rank_mid_save(root / "mid-save", mid_save),
+            "rank_raised": runs.finish(raising)}
+
+
+def test_the_line_names_the_rank_that_raised_not_the_one_that_lost_it(
+        crash: dict[str, Any]) -> None:
+    """Rank 1 raises before step 5; rank 0's next collective finds the connection closed. Both
+    exit within one launcher poll; rank 0 with exit code 3 (PeerLostError), so the launcher's
+    line names rank 1 (it named rank 0 in 5 of 5 runs once ranks exited at once)."""
+    code, _, err = crash["rank_raised"]
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("steplab train: error: rank 1 of 2 exited with code 2;"), last
+    assert "injected failure before step 5" in err  # rank 1's own line
+    assert "rank 0 of 2: another rank stopped answering" in err
 
 
 def test_negative_control_data_order_from_the_global_stream_breaks_the_resume(

@@ -5,7 +5,9 @@ into an exit code and at most one line on stderr, ``steplab <cmd>: error: ...``:
 
 - a :class:`~steplab.errors.SteplabError` (bad input, a damaged file): its
   message, with a field name the user typed as a flag shown as that flag
-  (``clip_norm: ...`` becomes ``--clip-norm: ...``); exit 2;
+  (``clip_norm: ...`` becomes ``--clip-norm: ...``); exit 2 (3 for a rank of a
+  distributed run whose peer stopped answering, so the launcher can tell the
+  rank that failed from the ones that reacted);
 - a missing optional dependency: which extra to install; exit 2;
 - an ``OSError`` (a path that cannot be read or written): the path and the
   reason; exit 2;
@@ -209,7 +211,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         argv: the arguments as given, to tell which flags the user typed.
 
     Returns:
-        The exit code: ``func``'s own, 2 for an error, 130 for Ctrl-C, 1 for a closed stdout.
+        The exit code: ``func``'s own, 2 for an error (a :class:`SteplabError`'s own
+        ``exit_code``: 3 for a lost peer), 130 for Ctrl-C, 1 for a closed stdout.
     """
     debug = bool(getattr(args, "debug", False))
     parser = getattr(args, "_steplab_parser", None)
@@ -237,7 +240,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     if debug:
         traceback.print_exception(caught)
     print(f"{name}: error: {message}", file=sys.stderr)
-    return 2
+    return caught.exit_code if isinstance(caught, SteplabError) else 2
 
 
 def command_name(args: argparse.Namespace, fallback: str) -> str:

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from steplab.errors import SpecError, SteplabError
+from steplab.errors import PeerLostError, SpecError
 from steplab.optim import create_optimizer, named_param_groups
 from steplab.optim.spec import OptimizerSpec
 from steplab.state.names import canonical_module
@@ -193,7 +193,7 @@ def lost_rank_errors(world: World | None) -> Iterator[None]:
     that died.
 
     Raises:
-        SteplabError: a collective failed because a peer's connection closed.
+        PeerLostError: a collective failed because a peer's connection closed (exit code 3).
     """
     try:
         yield
@@ -201,7 +201,7 @@ def lost_rank_errors(world: World | None) -> Iterator[None]:
         text = str(exc)
         if world is None or not any(gone in text for gone in _PEER_GONE):
             raise
-        raise SteplabError(
+        raise PeerLostError(
             f"rank {world.rank} of {world.size}: another rank stopped answering mid-run"
             " (its connection closed); the launcher's line names it") from None
 

@@ -29,7 +29,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from steplab.errors import SpecError, SteplabError
+from steplab.errors import PeerLostError, SpecError, SteplabError
 
 __all__ = ["follow_launcher", "launch", "launched"]
 
@@ -176,13 +176,17 @@ def launch(train_args: list[str], nproc: int) -> None:
 def _first_failure(failures: dict[int, Any]) -> tuple[int, Any]:
     """The rank that failed on its own, not one that reacted to it.
 
-    The launcher stops the others with SIGTERM; a rank that exited with a code
-    chose to (it may have seen its peer's connection close); a rank killed by
-    another signal (SIGKILL, SIGABRT, SIGSEGV) did not. Failure timestamps
-    have whole-second resolution, so they only order what the above leaves tied.
+    Reactions come last: ranks the launcher stopped (SIGTERM) and ranks that
+    saw a peer's connection close (exit code 3, :class:`PeerLostError`). Then
+    the earliest failure: torch stamps each with the whole second its 0.5 s
+    poll noticed it, so one failure noticed a poll earlier comes first (a rank
+    killed later may be the launcher's SIGKILL after its SIGTERM grace period).
+    Failures noticed in the same second: a rank killed by a signal (SIGKILL,
+    SIGABRT, SIGSEGV) before one that exited with a code, then the lowest rank.
     """
-    def order(item: tuple[int, Any]) -> tuple[bool, bool, float, int]:
+    def order(item: tuple[int, Any]) -> tuple[bool, float, bool, int]:
         code = item[1].exitcode
-        return code == -signal.SIGTERM, code >= 0, item[1].timestamp, item[0]
+        reacted = code in (-signal.SIGTERM, PeerLostError.exit_code)
+        return reacted, item[1].timestamp, code >= 0, item[0]
 
     return min(failures.items(), key=order)

@@ -13,6 +13,8 @@ this file. It does nothing unless ``STEPLAB_CRASH_DIR`` is set. Then:
 - ``STEPLAB_CRASH_STALL_SAVE=<n>:<rank>``: that rank stops in the middle of
   writing its file of the n-th checkpoint save (after the first data chunk is
   on disk), touches ``stalled-save`` and sleeps until it is killed;
+- ``STEPLAB_CRASH_RAISE_AT=<step>:<rank>``: that rank raises ``ValueError``
+  (a bug of its own) before training that step;
 - ``STEPLAB_CRASH_GLOBAL_ORDER=1``: the negative control. Each epoch's data
   order is drawn from the global torch random stream instead of the loader's
   own generator (as a loader without its own generator does), so it depends on
@@ -93,6 +95,10 @@ def _install(out: Path) -> None:
         nth, who = (int(v) for v in os.environ["STEPLAB_CRASH_STALL_SAVE"].split(":"))
         if rank == who:
             _stall_save(out, nth)
+    if os.environ.get("STEPLAB_CRASH_RAISE_AT"):
+        step, who = (int(v) for v in os.environ["STEPLAB_CRASH_RAISE_AT"].split(":"))
+        if rank == who:
+            _raise_at(step)
     if os.environ.get("STEPLAB_CRASH_GLOBAL_ORDER") == "1":
         import torch
 
@@ -115,6 +121,19 @@ def _stall_at(out: Path, rank: int, step: int) -> None:
         return train_step(self, *args, **kwargs)
 
     loop._Loop.train_step = stalling  # type: ignore[method-assign]
+
+
+def _raise_at(step: int) -> None:
+    import steplab.train.loop as loop
+
+    train_step = loop._Loop.train_step
+
+    def raising(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.step + 1 == step:
+            raise ValueError(f"injected failure before step {step}")
+        return train_step(self, *args, **kwargs)
+
+    loop._Loop.train_step = raising  # type: ignore[method-assign]
 
 
 def _stall_save(out: Path, nth: int) -> None:
