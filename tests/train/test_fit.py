@@ -191,3 +191,31 @@ def test_full_batch_and_epochs(toy: Any) -> None:
     assert full["steps"] == 5
     mini = _fit(task=toy.name, batch_size=64, epochs=2.5)
     assert mini["steps"] == 10  # 256 examples / 64 per step = 4 steps per epoch
+
+
+def test_every_close_runs_when_one_raises(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The observer's close raising still closes the run directory and leaves the group (a
+    rank now ends with os._exit, so what is not closed there is never flushed)."""
+    import steplab.train.loop as loop
+    from steplab.observe import RunWatch
+    from steplab.train.output import RunDir
+
+    closed: list[str] = []
+    run_dir_close = RunDir.close
+
+    def failing(self: Any) -> None:
+        closed.append("observer")
+        raise OSError("disk full")
+
+    def recording(self: RunDir) -> None:
+        closed.append("run_dir")
+        run_dir_close(self)
+
+    monkeypatch.setattr(RunWatch, "close", failing)
+    monkeypatch.setattr(RunDir, "close", recording)
+    monkeypatch.setattr(loop, "leave", lambda world: closed.append("leave"))
+    with pytest.raises(OSError, match="disk full"):
+        _fit(task="rosenbrock", optimizer="adam", lr=0.05, steps=4, checkpoint_every=2,
+             tensorboard=False, out=tmp_path / "run")
+    assert closed == ["observer", "run_dir", "leave"]

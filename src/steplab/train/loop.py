@@ -403,11 +403,12 @@ def fit(
                 raise
             summary = loop.finish(status)
     finally:
-        if loop.ckpt is not None:
-            loop.ckpt.close()
-        if loop.observer is not None:
-            loop.observer.close()
-        if s.run_dir is not None:
-            s.run_dir.close()
-        leave(s.world)
+        with contextlib.ExitStack() as closing:  # every close runs even if one raises
+            closing.callback(leave, s.world)  # callbacks run last-in first: this one last
+            if s.run_dir is not None:
+                closing.callback(s.run_dir.close)
+            if loop.observer is not None:
+                closing.callback(loop.observer.close)
+            if loop.ckpt is not None:
+                closing.callback(loop.ckpt.close)
     return RunResult(summary, root, canonical_module(s.model))
