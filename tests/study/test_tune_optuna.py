@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -241,3 +242,28 @@ def test_lookaheads_k_and_alpha_are_tuned_with_space(tmp_path: Path) -> None:
     assert best.name == "lookahead" and best.inner is not None and best.inner.name == "sgd"
     assert 2 <= int(best.kwargs["k"]) <= 4 and 0.3 <= float(best.kwargs["alpha"]) <= 0.9
     assert "lr" in best.inner.kwargs
+
+
+def test_opening_a_storage_another_process_is_creating_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (a full test run failed on it): SQLAlchemy checks whether each table exists,
+    then creates it; a process that checked just before another created the tables fails on
+    SQLite's own "table ... already exists". Here the other process's tables are real and the
+    first existence check answers as it would have a moment earlier."""
+    from sqlalchemy.dialects.sqlite.base import SQLiteDialect
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    open_storage(url)  # the other process, done creating
+    has_table = SQLiteDialect.has_table
+    looked: list[str] = []
+
+    def before_the_other_created(self: Any, connection: Any, table_name: str,
+                                 *args: Any, **kwargs: Any) -> bool:
+        looked.append(table_name)
+        if len(looked) == 1:
+            return False
+        return bool(has_table(self, connection, table_name, *args, **kwargs))
+
+    monkeypatch.setattr(SQLiteDialect, "has_table", before_the_other_created)
+    storage = open_storage(url)
+    assert storage.get_all_studies() == [] and len(looked) > 1

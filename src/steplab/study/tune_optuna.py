@@ -89,9 +89,10 @@ def open_storage(url: str) -> Any:
                 )
         except Exception as exc:
             error = exc
-            # two processes creating a new database at once: the loser of the race
-            # fails inserting Optuna's schema version; the tables exist now, so retry
-            if "alembic_version" not in str(exc):
+            # two processes creating a new database at once: the loser of the race fails
+            # creating a table the other created after it looked (SQLAlchemy checks, then
+            # creates) or inserting Optuna's schema version; the tables exist now, so retry
+            if not any(race in str(exc) for race in ("already exists", "alembic_version")):
                 break
             time.sleep(0.5 * (attempt + 1))
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
