@@ -17,25 +17,26 @@ def _joined() -> bool:
     return teardown is not None and bool(teardown.joined())
 
 
-def _run() -> int:
-    try:
-        return main()
-    except SystemExit as exc:  # what sys.exit(code) would have made of it
-        if not _joined():
-            raise
+def _code(exc: BaseException) -> int:
+    """The exit code ``exc`` would have ended the interpreter with."""
+    if isinstance(exc, SystemExit):  # as sys.exit(code) treats its code
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         print(exc.code, file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        if not _joined():
-            raise
+    if isinstance(exc, KeyboardInterrupt):
         return 130
-    except Exception:
+    traceback.print_exc()
+    return 1
+
+
+def _run() -> int:
+    try:
+        return main()
+    except BaseException as exc:
         if not _joined():
             raise
-        traceback.print_exc()
-        return 1
+        return _code(exc)
 
 
 code = _run()
